@@ -1,0 +1,37 @@
+"""The `omnidlm` command line: one entry point, one module per subcommand.
+
+Each module in COMMANDS has `register(subparsers)` (adds its parser and sets `func`) and is
+imported only when the command line is built, so `omnidlm --help` stays quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = [
+    "omnidlm.commands.generate",
+    "omnidlm.commands.convert",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="omnidlm", description="Diffusion language models of the LLaDA family.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in COMMANDS:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as error:
+        print(f"omnidlm {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

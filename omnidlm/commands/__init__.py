@@ -1,0 +1,1 @@
+"""Subcommands of the `omnidlm` command line (see omnidlm/cli.py)."""

@@ -1,0 +1,125 @@
+"""Reading and writing safetensors checkpoints: one file or many with `model.safetensors.index.json`.
+
+Reading is lazy: `TensorSource` keeps the files memory-mapped and hands out one tensor at a time,
+so a loader can place each tensor on its device before reading the next one. Writing is atomic: a
+whole checkpoint directory is written under a temporary name and renamed into place, so a crash
+never leaves a half-written checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+INDEX = "model.safetensors.index.json"
+SINGLE = "model.safetensors"
+
+
+class TensorSource:
+    """Lazy, name-addressed access to the tensors of a checkpoint directory."""
+
+    def __init__(self, directory: str | Path, device: str = "cpu"):
+        self.directory = Path(directory)
+        self.file_of = self._index()
+        self._handles = {}
+        self.device = device
+
+    def _index(self) -> dict[str, str]:
+        index = self.directory / INDEX
+        if index.is_file():
+            weight_map = json.loads(index.read_text())["weight_map"]
+            missing = sorted({f for f in weight_map.values() if not (self.directory / f).is_file()})
+            if missing:
+                raise FileNotFoundError(f"{index} names shard(s) that do not exist: {missing}")
+            return weight_map
+        single = self.directory / SINGLE
+        if not single.is_file():
+            raise FileNotFoundError(f"no weights in {self.directory}: neither {SINGLE} nor {INDEX} exists")
+        with safe_open(single, framework="pt") as f:
+            return {key: SINGLE for key in f.keys()}
+
+    def keys(self) -> list[str]:
+        return list(self.file_of)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.file_of
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self._handle(key).get_slice(key).get_shape())
+
+    def get(self, key: str) -> torch.Tensor:
+        if key not in self.file_of:
+            raise KeyError(f"tensor {key!r} is missing from the checkpoint in {self.directory}")
+        return self._handle(key).get_tensor(key)
+
+    def _handle(self, key: str):
+        name = self.file_of[key]
+        if name not in self._handles:
+            self._handles[name] = safe_open(self.directory / name, framework="pt", device=self.device)
+        return self._handles[name]
+
+
+def shard(tensors: dict[str, torch.Tensor], max_shard_bytes: int) -> list[dict[str, torch.Tensor]]:
+    """Split a state dict into consecutive shards of at most `max_shard_bytes` (one tensor may exceed it)."""
+    shards, current, size = [], {}, 0
+    for name, tensor in tensors.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if current and size + nbytes > max_shard_bytes:
+            shards.append(current)
+            current, size = {}, 0
+        current[name] = tensor
+        size += nbytes
+    if current or not shards:
+        shards.append(current)
+    return shards
+
+
+def write_weights(directory: Path, tensors: dict[str, torch.Tensor], max_shard_bytes: int | None) -> None:
+    """Write tensors as one `model.safetensors`, or as shards plus an index when they exceed the size."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    shards = shard(tensors, max_shard_bytes) if max_shard_bytes else [tensors]
+    if len(shards) == 1:
+        save_file(shards[0], directory / SINGLE, metadata={"format": "pt"})
+        return
+    weight_map, total = {}, 0
+    for i, part in enumerate(shards):
+        name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(part, directory / name, metadata={"format": "pt"})
+        weight_map.update({key: name for key in part})
+        total += sum(t.numel() * t.element_size() for t in part.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (directory / INDEX).write_text(json.dumps(index, indent=2))
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_directory(target: str | Path, overwrite: bool = False):
+    """Yield a temporary directory beside `target`; on success it replaces `target` in one rename."""
+    target = Path(target)
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"{target} already exists; pass overwrite=True (--force) to replace it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield tmp
+        if target.exists():
+            old = target.with_name(f".{target.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

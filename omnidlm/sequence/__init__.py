@@ -1,0 +1,1 @@
+"""Sequences: chat templates, tokenizers and attention masks."""

@@ -1,0 +1,32 @@
+"""Shared test fixtures: the parity checkpoints copied from shared/fixtures (read-only data)."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+FIXTURES = Path(__file__).parent / "data" / "fixtures"
+LLADA2_MASK_ID = 380  # the llada2 fixture's config.json names no mask id; reference.json does
+
+
+def pytest_configure(config):
+    torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def llada_tiny():
+    import omnidlm
+
+    return omnidlm.load(FIXTURES / "llada-tiny")
+
+
+@pytest.fixture(scope="session")
+def llada2_tiny():
+    import omnidlm
+
+    return omnidlm.load(FIXTURES / "llada2-moe-tiny", mask_id=LLADA2_MASK_ID)
+
+
+def reference(name: str) -> dict:
+    return json.loads((FIXTURES / name / "reference.json").read_text())
