@@ -61,9 +61,10 @@ class TensorSource:
         return self._handle(key).get_tensor(key)
 
     def _handle(self, key: str):
+        """The open shard holding `key`; only one shard stays mapped, so its pages can be dropped."""
         name = self.file_of[key]
         if name not in self._handles:
-            self._handles[name] = safe_open(self.directory / name, framework="pt", device=self.device)
+            self._handles = {name: safe_open(self.directory / name, framework="pt", device=self.device)}
         return self._handles[name]
 
 
