@@ -52,3 +52,30 @@ def as_attention_mask(mask: torch.Tensor | None, q_len: int) -> torch.Tensor | N
     if mask.dim() == 4:
         return mask.bool()
     raise ValueError(f"attention_mask must be (B, K) or (B, 1, Q, K), got shape {tuple(mask.shape)}")
+
+
+# Attention modes of a segment (REFERENCE.md §3): integer codes so a mode can live in a tensor.
+CAUSAL, FULL, NOISE = 0, 1, 2
+MODES = {"causal": CAUSAL, "full": FULL, "noise": NOISE}
+
+
+def segment_mask(split_ids: torch.Tensor, split_modes: torch.Tensor, doc_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, 1, L, L) mask of a sequence cut into splits (LLaDA-o's intra-modality attention).
+
+    split_ids (B, L): split index of each token, non-decreasing along the row; split_modes (B, L):
+    the token's split mode (CAUSAL / FULL / NOISE); doc_ids (B, L): packed documents, None = one.
+    - a token sees every earlier split of its document, except `noise` splits;
+    - inside its own split: everything (`full`, `noise`) or itself and what comes before (`causal`);
+    - so a `noise` split is invisible to every other split, and clean splits form a cacheable prefix.
+    """
+    q_split, k_split = split_ids[:, :, None], split_ids[:, None, :]  # (B, L, 1), (B, 1, L)
+    k_mode = split_modes[:, None, :]  # (B, 1, L)
+    L = split_ids.shape[1]
+    pos = torch.arange(L, device=split_ids.device)
+    causal_ok = pos[:, None] >= pos[None, :]  # (L, L): key at or before query
+    own = (q_split == k_split) & ((split_modes[:, :, None] != CAUSAL) | causal_ok)  # (B, L, L)
+    earlier = (k_split < q_split) & (k_mode != NOISE)  # (B, L, L)
+    mask = own | earlier
+    if doc_ids is not None:
+        mask &= doc_ids[:, :, None] == doc_ids[:, None, :]
+    return mask[:, None]  # (B, 1, L, L)

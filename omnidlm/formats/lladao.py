@@ -1,0 +1,386 @@
+"""Published omni layouts, read and written: LLaDA-o (REFERENCE.md §3) and LLaDA-V (§2).
+
+LLaDA-o directory:
+
+    llm_config.json    Llama-style language config (+ qk_norm, layer_module)
+    vit_config.json    SigLIP config of the full tower (the model drops its last layer)
+    ae.safetensors     the VAE in the original (FLUX / LDM) names: encoder.down.0.block.0.conv1, ...
+    ema.safetensors    everything else, or shards ema-0000i-of-0000n.safetensors + ema.safetensors.index.json:
+                       language_model.model.layers.N.self_attn.q_proj[_moe_gen], q_norm[_moe_gen], ...
+                       vit_model.vision_model.* (patch embedding stored as a Linear over (p, p, C)),
+                       connector.fc1/fc2, vit_pos_embed, vae2llm, llm2vae, time_embedder, latent_pos_embed
+    ae_config.json     ours, only when the VAE is not the FLUX one (the published layout has no VAE config)
+
+The latent and ViT position tables' sizes are read from the tensors' shapes. LLaDA-V directory:
+`config.json` (Llama-style, `mm_projector_type` mlp2x_gelu, and a `vision_config` or an
+`mm_vision_tower` naming SigLIP so400m-patch14-384) and `model.safetensors` (+ index) with the
+language tower, `model.vision_tower.vision_tower.vision_model.*` and `model.mm_projector.{0,2}`;
+it loads as an understanding-only `LLaDAO` (no generation expert).
+
+    model = load_lladao("LLaDA-o/")        save_lladao(model, "out/")        model = load_llada_v("LLaDA-V/")
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from ..config import ModelConfig
+from ..models.latents import FLUX_VAE
+from ..models.lladao import LLaDAO, LLaDAOConfig
+from ..models.vision import SIGLIP_SO400M
+from . import rules as R
+from .io import TensorSource, atomic_directory, shard, write_json
+from .llada import LLAMA_NAMES, _layer_rules, llama_config, llama_config_json
+
+LLM_CONFIG, VIT_CONFIG, AE, AE_CONFIG = "llm_config.json", "vit_config.json", "ae.safetensors", "ae_config.json"
+EMA, EMA_INDEX = "ema.safetensors", "ema.safetensors.index.json"
+SIGLIP2_SO400M_384 = {**SIGLIP_SO400M, "image_size": 384}
+
+
+@dataclass(frozen=True)
+class Mapped(R.Rule):
+    """A rule whose published tensor is a re-shaped / permuted view of the internal one."""
+
+    to_internal: Callable | None = None
+    to_published: Callable | None = None
+
+    def combine(self, tensors):
+        return self.to_internal(tensors[0]).contiguous()
+
+    def separate(self, tensor):
+        return [self.to_published(tensor).contiguous()]
+
+
+def mapped(internal: str, source: str, to_internal: Callable, to_published: Callable) -> Mapped:
+    return Mapped(internal, (source,), to_internal=to_internal, to_published=to_published)
+
+
+# --- the language model: Llama names, `_moe_gen` copies ----------------------------------------------
+
+GEN_NAMES = dict(q="self_attn.q_proj_moe_gen", k="self_attn.k_proj_moe_gen", v="self_attn.v_proj_moe_gen",
+                 o="self_attn.o_proj_moe_gen", gate="mlp_moe_gen.gate_proj", up="mlp_moe_gen.up_proj",
+                 down="mlp_moe_gen.down_proj", attn_norm="input_layernorm_moe_gen",
+                 mlp_norm="post_attention_layernorm_moe_gen")
+
+
+def _expert_rules(cfg: ModelConfig, layer: str, internal: str, names: dict, qk: tuple[str, str]) -> list[R.Rule]:
+    rules = _layer_rules(cfg, {k: f"{layer}.{v}" for k, v in names.items()}, internal)
+    if cfg.qk_norm:
+        rules += [R.one(internal + "attn.q_norm.weight", f"{layer}.self_attn.{qk[0]}.weight"),
+                  R.one(internal + "attn.k_norm.weight", f"{layer}.self_attn.{qk[1]}.weight")]
+    return rules
+
+
+def llm_rules(cfg: ModelConfig, generation: bool, prefix: str = "language_model.", internal: str = "language_model.") -> list[R.Rule]:
+    """Rules of the MoT language model in Llama names under `prefix` (`_moe_gen` for the generation expert)."""
+    rules = [R.one(internal + "embed.weight", prefix + "model.embed_tokens.weight")]
+    for i in range(cfg.n_layers):
+        layer, mine = f"{prefix}model.layers.{i}", f"{internal}layers.{i}."
+        rules += _expert_rules(cfg, layer, mine, LLAMA_NAMES, ("q_norm", "k_norm"))
+        if generation:
+            rules += _expert_rules(cfg, layer, mine + "gen.", GEN_NAMES, ("q_norm_moe_gen", "k_norm_moe_gen"))
+    rules += [R.one(internal + "norm.weight", prefix + "model.norm.weight")]
+    if generation:
+        rules += [R.one(internal + "norm_gen.weight", prefix + "model.norm_moe_gen.weight")]
+    return rules + [R.one(internal + "head.weight", prefix + "lm_head.weight")]
+
+
+# --- vision tower and the small modules ------------------------------------------------------------
+
+
+def _patch_linear_rule(internal: str, source: str, channels: int, patch: int) -> Mapped:
+    """Conv2d patch embedding (D, C, p, p) <-> the published Linear over (p, p, C) patches (D, p p C)."""
+    return mapped(internal, source,
+                  lambda t: t.reshape(t.shape[0], patch, patch, channels).permute(0, 3, 1, 2),
+                  lambda t: t.permute(0, 2, 3, 1).reshape(t.shape[0], -1))
+
+
+def vit_rules(state_names: list[str], source_prefix: str, patch_as_linear: bool, channels: int, patch: int) -> list[R.Rule]:
+    """`vit.X` <-> `{source_prefix}X`, the patch embedding optionally stored as a Linear."""
+    rules = []
+    for name in state_names:
+        if not name.startswith("vit."):
+            continue
+        src = source_prefix + name[len("vit."):]
+        if patch_as_linear and name == "vit.embeddings.patch_embedding.weight":
+            rules.append(_patch_linear_rule(name, src, channels, patch))
+        else:
+            rules.append(R.one(name, src))
+    return rules
+
+
+SAME_NAME_PREFIXES = ("connector.", "vit_pos_embed.", "vae2llm.", "llm2vae.", "time_embedder.", "latent_pos_embed.")
+
+
+def ema_rules(model: LLaDAO, state_names: list[str]) -> list[R.Rule]:
+    """Every tensor of `ema.safetensors`: language model, ViT, connector and generation modules."""
+    cfg = model.config
+    rules = llm_rules(cfg.llm, cfg.generation)
+    if model.can_see:
+        conv = model.vit.embeddings.patch_embedding
+        rules += vit_rules(state_names, "vit_model.vision_model.", True, conv.in_channels, conv.kernel_size[0])
+    return rules + [R.one(n, n) for n in state_names if n.startswith(SAME_NAME_PREFIXES)]
+
+
+# --- the VAE: diffusers names <-> the original (LDM / FLUX) names -----------------------------------
+
+_RESNET = {"conv_shortcut": "nin_shortcut"}
+_ATTN = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+
+
+def _ldm_name(name: str, n_blocks: int) -> str:
+    """A diffusers AutoencoderKL key -> its name in the original checkpoints."""
+    side, rest = name.split(".", 1)
+    rest = rest.replace("conv_norm_out", "norm_out")
+    if m := re.match(r"(down|up)_blocks\.(\d+)\.resnets\.(\d+)\.(\w+)\.(\w+)$", rest):
+        kind, b, r, part, leaf = m.groups()
+        b = int(b) if kind == "down" else n_blocks - 1 - int(b)  # the decoder's up blocks run in reverse
+        return f"{side}.{kind}.{b}.block.{r}.{_RESNET.get(part, part)}.{leaf}"
+    if m := re.match(r"(down|up)_blocks\.(\d+)\.(down|up)samplers\.0\.conv\.(\w+)$", rest):
+        kind, b, _, leaf = m.groups()
+        b = int(b) if kind == "down" else n_blocks - 1 - int(b)
+        return f"{side}.{kind}.{b}.{kind}sample.conv.{leaf}"
+    if m := re.match(r"mid_block\.resnets\.(\d+)\.(\w+)\.(\w+)$", rest):
+        r, part, leaf = m.groups()
+        return f"{side}.mid.block_{int(r) + 1}.{part}.{leaf}"
+    if m := re.match(r"mid_block\.attentions\.0\.(.+)\.(\w+)$", rest):
+        part, leaf = m.groups()
+        return f"{side}.mid.attn_1.{_ATTN[part]}.{leaf}"
+    return f"{side}.{rest}"
+
+
+def ae_rules(vae_state: dict[str, torch.Tensor], n_blocks: int) -> list[R.Rule]:
+    """Rules `vae.<diffusers name>` <-> original name; attention projections are 1x1 convs there."""
+    rules = []
+    for name, tensor in vae_state.items():
+        src = _ldm_name(name, n_blocks)
+        if ".attentions.0.to_" in name and name.endswith(".weight"):
+            rules.append(mapped("vae." + name, src, lambda t: t[:, :, 0, 0], lambda t: t[:, :, None, None]))
+        else:
+            rules.append(R.one("vae." + name, src))
+    return rules
+
+
+# --- files ------------------------------------------------------------------------------------------
+
+
+class _Source(TensorSource):
+    """TensorSource over a named file (`ae.safetensors`) or a named single/sharded pair (`ema`)."""
+
+    def __init__(self, directory: Path, single: str, index: str | None = None):
+        self._single, self._index_name = single, index
+        super().__init__(directory)
+
+    def _index(self) -> dict[str, str]:
+        if self._index_name and (self.directory / self._index_name).is_file():
+            weight_map = json.loads((self.directory / self._index_name).read_text())["weight_map"]
+            missing = sorted({f for f in weight_map.values() if not (self.directory / f).is_file()})
+            if missing:
+                raise FileNotFoundError(f"{self.directory / self._index_name} names shard(s) that do not exist: {missing}")
+            return weight_map
+        path = self.directory / self._single
+        if not path.is_file():
+            wanted = self._single + (f" or {self._index_name}" if self._index_name else "")
+            raise FileNotFoundError(f"no weights in {self.directory}: {wanted} does not exist")
+        with safe_open(path, framework="pt") as f:
+            return {key: self._single for key in f.keys()}
+
+
+def _read_json(directory: Path, name: str) -> dict:
+    path = directory / name
+    if not directory.is_dir():
+        raise FileNotFoundError(f"no checkpoint: {directory} does not exist")
+    if not path.is_file():
+        raise FileNotFoundError(f"LLaDA-o checkpoint {directory} lacks {name}")
+    return json.loads(path.read_text())
+
+
+def _table_side(source: TensorSource, key: str, default: int) -> int:
+    if key not in source:
+        return default
+    side = math.isqrt(source.shape(key)[0])
+    if side * side != source.shape(key)[0]:
+        raise ValueError(f"tensor {key} has {source.shape(key)[0]} rows, not a square position table")
+    return side
+
+
+def lladao_config(directory: Path, ema: TensorSource, **overrides) -> LLaDAOConfig:
+    """The model config from `llm_config.json`, `vit_config.json`, the VAE config and tensor shapes."""
+    hf = _read_json(directory, LLM_CONFIG)
+    llm = ModelConfig.from_dict({**llama_config(hf), "qk_norm": bool(hf.get("qk_norm", False)), **overrides})
+    has_vit = any(k.startswith("vit_model.") for k in ema.keys())
+    has_gen = any(".mlp_moe_gen." in k for k in ema.keys())
+    vae = None
+    if has_gen:
+        vae = _read_json(directory, AE_CONFIG) if (directory / AE_CONFIG).is_file() else dict(FLUX_VAE)
+    cfg = LLaDAOConfig(
+        llm=llm, vit=_read_json(directory, VIT_CONFIG) if has_vit else None, vae=vae,
+        max_latent_size=_table_side(ema, "latent_pos_embed.pos_embed", 32),
+        vit_max_patches_per_side=_table_side(ema, "vit_pos_embed.pos_embed", 70),
+    )
+    if has_gen and "vae2llm.weight" in ema:
+        cfg.latent_patch_size = math.isqrt(ema.shape("vae2llm.weight")[1] // cfg.latent_channels)
+    return cfg
+
+
+def _build(cfg: LLaDAOConfig) -> LLaDAO:
+    with torch.device("meta"):
+        return LLaDAO(cfg)
+
+
+def _load_rules(model: LLaDAO, rules: list[R.Rule], source: TensorSource, path, device, dtype, ignored=()) -> dict:
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = [name for rule in rules for name in rule.sources if name not in source]
+    if missing:
+        raise KeyError(f"checkpoint {path} lacks {len(missing)} tensor(s) the config implies, e.g. {missing[:5]}")
+    unused = R.unused_keys(rules, source, ignored)
+    if unused:
+        warnings.warn(f"checkpoint {path} has {len(unused)} tensor(s) the model does not use, e.g. {unused[:5]}")
+
+    def convert(t):
+        return t.to(device=device, dtype=dtype if dtype is not None and t.is_floating_point() else t.dtype)
+
+    return dict(R.read(rules, source, expected, convert))
+
+
+def _finish(model: LLaDAO, state: dict, device) -> LLaDAO:
+    """Assign the loaded tensors; buffers the checkpoint does not hold (rotary) are rebuilt on device."""
+    model.load_state_dict(state, strict=True, assign=True)
+    lm = model.language_model
+    lm.rotary = type(lm.rotary)(lm.config.rotary_dim, lm.config.rope_theta).to(device)
+    for owner, name, buf in _meta_buffers(model):
+        if name != "position_ids":  # SigLIP's non-persistent arange; nothing else is expected
+            raise RuntimeError(f"buffer {name!r} of {type(owner).__name__} was not loaded")
+        owner.register_buffer(name, torch.arange(buf.shape[-1], device=device).expand(buf.shape), persistent=False)
+    return model.eval()
+
+
+def _meta_buffers(model: torch.nn.Module):
+    for module in model.modules():
+        for name, buf in list(module.named_buffers(recurse=False)):
+            if buf.is_meta:
+                yield module, name, buf
+
+
+def load_lladao(path: str | Path, device=None, dtype: torch.dtype | None = None, **overrides) -> LLaDAO:
+    """Load a checkpoint in the published LLaDA-o layout; `overrides` replace language config fields."""
+    directory, device = Path(path), torch.device(device or "cpu")
+    _read_json(directory, LLM_CONFIG)  # the first file a reader needs: name it if it is missing
+    ema = _Source(directory, EMA, EMA_INDEX)
+    model = _build(lladao_config(directory, ema, **overrides))
+    names = list(model.state_dict())
+    state = _load_rules(model, ema_rules(model, names), ema, path, device, dtype)
+    if model.can_draw:
+        vae_state = {k[len("vae."):]: v for k, v in model.state_dict().items() if k.startswith("vae.")}
+        rules = ae_rules(vae_state, len(model.config.vae["block_out_channels"]))
+        state.update(_load_rules(model, rules, _Source(directory, AE), path, device, dtype))
+    model = _finish(model, state, device)
+    if model.config.freeze_und:
+        model.freeze_understanding()
+    model.source_format = "lladao"
+    return model
+
+
+def _write_ema(directory: Path, tensors: dict[str, torch.Tensor], max_shard_bytes: int | None) -> None:
+    shards = shard(tensors, max_shard_bytes) if max_shard_bytes else [tensors]
+    if len(shards) == 1:
+        save_file(shards[0], directory / EMA, metadata={"format": "pt"})
+        return
+    weight_map, total = {}, 0
+    for i, part in enumerate(shards):
+        name = f"ema-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(part, directory / name, metadata={"format": "pt"})
+        weight_map.update({key: name for key in part})
+        total += sum(t.numel() * t.element_size() for t in part.values())
+    write_json(directory / EMA_INDEX, {"metadata": {"total_size": total}, "weight_map": weight_map})
+
+
+def llm_config_json(cfg: ModelConfig, generation: bool) -> dict:
+    layer = "LLaDAMoTDecoderLayer" if generation else "LLaDADecoderLayer"
+    return {**llama_config_json(cfg), "qk_norm": cfg.qk_norm, "layer_module": layer}
+
+
+def save_lladao(model: LLaDAO, path: str | Path, max_shard_bytes: int | None = None, overwrite: bool = False) -> Path:
+    """Write `model` in the published LLaDA-o layout, atomically (temporary directory, then rename)."""
+    cfg, state = model.config, {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    ema = R.write(ema_rules(model, list(state)), state)
+    with atomic_directory(path, overwrite) as tmp:
+        _write_ema(tmp, ema, max_shard_bytes)
+        write_json(tmp / LLM_CONFIG, llm_config_json(cfg.llm, cfg.generation))
+        if cfg.vit is not None:
+            write_json(tmp / VIT_CONFIG, dict(cfg.vit))
+        if cfg.generation:
+            vae_state = {k[len("vae."):]: v for k, v in state.items() if k.startswith("vae.")}
+            rules = ae_rules(vae_state, len(cfg.vae["block_out_channels"]))
+            save_file(R.write(rules, state), tmp / AE, metadata={"format": "pt"})
+            if dict(cfg.vae) != FLUX_VAE:
+                write_json(tmp / AE_CONFIG, dict(cfg.vae))
+    return Path(path)
+
+
+# --- LLaDA-V: Llama language tower + mm_projector + SigLIP tower, as an understanding-only model -----
+
+LLADA_V_TOWER = "model.vision_tower.vision_tower.vision_model."
+
+
+def llada_v_config(hf: dict, **overrides) -> LLaDAOConfig:
+    if hf.get("mm_projector_type", "mlp2x_gelu") != "mlp2x_gelu":
+        raise ValueError(f"unsupported LLaDA-V config: field 'mm_projector_type' = {hf['mm_projector_type']!r}"
+                         " (only mlp2x_gelu is supported)")
+    vision = hf.get("vision_config")
+    if vision is None:
+        tower = str(hf.get("mm_vision_tower", ""))
+        if "so400m-patch14-384" not in tower:
+            raise ValueError(f"LLaDA-V config names no 'vision_config' and an unknown 'mm_vision_tower' {tower!r}")
+        vision = SIGLIP2_SO400M_384
+    llm = ModelConfig.from_dict({**llama_config(hf), **overrides})
+    # LLaVA style: features of the second-to-last layer, before the post layer norm
+    return LLaDAOConfig(llm=llm, vit=dict(vision), vae=None, projector="mlp2x_gelu", vit_post_norm=False)
+
+
+def llada_v_rules(model: LLaDAO, names: list[str]) -> list[R.Rule]:
+    from .llada import llama_rules
+
+    rules = [R.Rule("language_model." + r.internal, r.sources, r.kind, r.split) for r in llama_rules(model.config.llm)]
+    rules += vit_rules(names, LLADA_V_TOWER, False, 3, 0)
+    return rules + [R.one(f"mm_projector.layers.{i}.{leaf}", f"model.mm_projector.{i}.{leaf}")
+                    for i in (0, 2) for leaf in ("weight", "bias")]
+
+
+def load_llada_v(path: str | Path, device=None, dtype: torch.dtype | None = None, **overrides) -> LLaDAO:
+    """Load LLaDA-V's layout as an understanding-only LLaDAO (no generation expert)."""
+    directory, device = Path(path), torch.device(device or "cpu")
+    hf = _read_json(directory, "config.json")
+    model = _build(llada_v_config(hf, **overrides))
+    source = TensorSource(directory)
+    # unused by design: the tower's post layer norm, the dropped last layer, anyres' image_newline
+    ignored = ("model.image_newline", LLADA_V_TOWER + "post_layernorm.", LLADA_V_TOWER + "head.",
+               f"{LLADA_V_TOWER}encoder.layers.{model.vit.encoder.config.num_hidden_layers}.")
+    state = _load_rules(model, llada_v_rules(model, list(model.state_dict())), source, path, device, dtype, ignored)
+    model = _finish(model, state, device)
+    model.source_format = "llada-v"
+    return model
+
+
+def save_llada_v(model: LLaDAO, path: str | Path, overwrite: bool = False) -> Path:
+    """Write an understanding-only LLaDAO in LLaDA-V's layout (config.json carries the vision config)."""
+    if model.can_draw or model.config.projector != "mlp2x_gelu":
+        raise ValueError("the LLaDA-V layout holds understanding-only models with an mlp2x_gelu projector")
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tensors = R.write(llada_v_rules(model, list(state)), state)
+    hf = {**llama_config_json(model.config.llm), "mm_projector_type": "mlp2x_gelu", "vision_config": model.config.vit,
+          "mm_vision_select_layer": -2}
+    with atomic_directory(path, overwrite) as tmp:
+        save_file(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
+        write_json(tmp / "config.json", hf)
+    return Path(path)
