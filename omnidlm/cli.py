@@ -13,6 +13,8 @@ import sys
 COMMANDS = [
     "omnidlm.commands.generate",
     "omnidlm.commands.convert",
+    "omnidlm.train.cli",
+    "omnidlm.commands.plot",
 ]
 
 
