@@ -15,6 +15,8 @@ COMMANDS = [
     "omnidlm.commands.convert",
     "omnidlm.train.cli",
     "omnidlm.commands.plot",
+    "omnidlm.commands.bench",
+    "omnidlm.commands.serve",
 ]
 
 

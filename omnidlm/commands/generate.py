@@ -1,11 +1,17 @@
-"""`omnidlm generate`: sample from a checkpoint with a reference sampler.
+"""`omnidlm generate`: sample from a checkpoint with a reference sampler or the inference engine.
 
     omnidlm generate --model models/text-tiny --prompt "copy: 123..." --gen-length 128
     omnidlm generate --model ckpt --prompt-ids 1,2,3 --sampler llada2 --json
+    omnidlm generate --model ckpt --prompt-ids 1,2,3 --sampler llada2 --cache exact --policy threshold
 
-With `--json` it prints one object whose `output_ids` are exactly what the published sampler
-returns (LLaDA: the generated part after the prompt; LLaDA2: the tokens after the prompt, cut
-after the first EOS), plus timings.
+Without `--cache` / `--policy` the published sampler itself runs (`sampling/reference.py`). With
+either, the engine (`sampling/engine.py`) runs: policy fixed / threshold / factor (default: the
+sampler's own, fixed for llada, threshold for llada2), cache none / exact / approx (default none).
+The engine's output has the sampler's shape, so `--cache exact` reproduces `--sampler llada2`.
+
+With `--json` it prints one object whose `output_ids` are what the sampler returns (LLaDA: the
+generated part after the prompt; LLaDA2: the tokens after the prompt, cut after the first EOS),
+plus timings (and the engine's forward count).
 """
 
 from __future__ import annotations
@@ -30,7 +36,12 @@ def register(sub) -> None:
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--cfg-scale", type=float, default=0.0)
     p.add_argument("--remasking", choices=["low_confidence", "random"], default="low_confidence")
-    p.add_argument("--threshold", type=float, default=0.95, help="llada2 acceptance threshold")
+    p.add_argument("--threshold", type=float, default=0.95, help="acceptance threshold (llada2, policy threshold)")
+    p.add_argument("--cache", choices=["none", "exact", "approx"], default=None,
+                   help="run the engine with this cache mode (exact: block-causal only)")
+    p.add_argument("--policy", choices=["fixed", "threshold", "factor"], default=None,
+                   help="run the engine with this commit policy")
+    p.add_argument("--factor", type=float, default=1.0, help="f of the factor policy")
     p.add_argument("--mask-id", type=int, default=None, help="mask token id, when the config lacks it")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
@@ -51,13 +62,45 @@ def prompt_ids(args, tokenizer) -> list[int]:
     return tokenizer.encode_chat([{"role": "user", "content": args.prompt}])
 
 
+def block_length(model, args) -> int:
+    return args.block_length or (model.config.block_size if args.sampler == "llada2" else args.gen_length)
+
+
+def engine_config(model, args):
+    """The engine's SamplingConfig for these flags, shaped like the chosen sampler."""
+    from ..sampling.engine import SamplingConfig
+    from ..sampling.policies import make_policy
+    from ..sampling.prompts import check_lengths
+
+    if args.cfg_scale > 0:
+        raise ValueError("--cfg-scale needs the reference sampler: drop --cache and --policy")
+    block = block_length(model, args)
+    if args.sampler == "llada2":
+        check_lengths(model.config, 0, args.gen_length, block, None)
+        steps, default_policy = min(args.steps or block, args.gen_length), "threshold"
+    else:
+        steps_total = args.steps or args.gen_length
+        check_lengths(model.config, 0, args.gen_length, block, steps_total)
+        steps, default_policy = steps_total // (args.gen_length // block), "fixed"
+    policy = make_policy(args.policy or default_policy, steps, threshold=args.threshold, factor=args.factor)
+    return SamplingConfig(max_new_tokens=args.gen_length, block_length=block,
+                          attention="block" if args.sampler == "llada2" else "full",
+                          cache=args.cache or "none", policy=policy, temperature=args.temperature,
+                          remasking=args.remasking, stop_at_eos=args.sampler == "llada2")
+
+
 def sample(model, ids, args):
     import torch
 
+    from ..sampling.engine import generate as engine_generate
     from ..sampling.reference import generate, generate_llada2
 
     generator = torch.Generator(device=model.device).manual_seed(args.seed)
-    block = args.block_length or (model.config.block_size if args.sampler == "llada2" else args.gen_length)
+    block = block_length(model, args)
+    if args.cache or args.policy:
+        result = engine_generate(model, [ids], engine_config(model, args), max_batch=1, generator=generator)[0]
+        args.forwards = result.forwards
+        return torch.tensor(result.tokens)
     if args.sampler == "llada2":
         return generate_llada2(model, ids, gen_length=args.gen_length, block_length=block,
                                steps=args.steps or block, threshold=args.threshold,
@@ -85,8 +128,11 @@ def run(args) -> int:
     if args.json:
         timings = {"load_s": loaded - start, "generate_s": done - loaded,
                    "tokens_per_s": len(out) / max(done - loaded, 1e-9)}
-        print(json.dumps({"sampler": args.sampler, "prompt_ids": ids, "output_ids": out, "text": text,
-                          "timings": timings}))
+        result = {"sampler": args.sampler, "prompt_ids": ids, "output_ids": out, "text": text, "timings": timings}
+        if args.cache or args.policy:
+            result.update(cache=args.cache or "none", policy=args.policy or "default",
+                          forwards=getattr(args, "forwards", None))
+        print(json.dumps(result))
     else:
         print(text if text is not None else ",".join(map(str, out)))
     return 0

@@ -6,6 +6,7 @@ nothing about noise, losses or sampling.
     out = model(input_ids)                    # full bidirectional attention
     out = model(input_ids, attention_mask=m)  # m: bool (B, 1, Q, K) or (B, K) key padding
     out.logits                                # (B, L, vocab)
+    model(ids, kv_cache=cache, logits_at=idx) # with the engine's cache; logits only at idx (B, K)
 """
 
 from __future__ import annotations
@@ -71,10 +72,13 @@ class Backbone(nn.Module):
         inputs_embeds: torch.Tensor | None = None,
         kv_cache=None,
         return_hidden: bool = False,
+        logits_at: torch.Tensor | None = None,
     ) -> ModelOutput:
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds  # (B, L, D)
         B, L, _ = x.shape
-        if position_ids is None:
+        if position_ids is None and getattr(kv_cache, "position_ids", None) is not None:
+            position_ids = kv_cache.position_ids  # (B, L): where the engine's cache writes these tokens
+        elif position_ids is None:  # a prefix cache appending at next_position, or no cache
             start = kv_cache.next_position if kv_cache is not None else 0
             position_ids = torch.arange(start, start + L, device=x.device)[None].expand(B, -1)
         cos, sin = self.rotary.cos_sin(position_ids)
@@ -85,6 +89,8 @@ class Backbone(nn.Module):
             else:
                 x = layer(x, self.rotary, cos, sin, mask, kv_cache)
         h = self.norm(x)
+        if logits_at is not None:  # (B, K): only these positions go through the head (the sampler's block)
+            h = h.gather(1, logits_at[..., None].expand(-1, -1, h.shape[-1]))
         return ModelOutput(logits=self.head(h).float(), hidden=h if return_hidden else None)
 
     @property

@@ -2,7 +2,8 @@
 
 Attention takes a boolean mask (B, 1, Q, K), True = may attend, or None for full bidirectional
 attention, and runs through `scaled_dot_product_attention` on CPU and GPU. A key/value cache, when
-given, supplies the keys and values of earlier positions (see `omnidlm/sampling/cache.py`).
+given, stores the new keys/values and returns every key/value the queries attend over, the new
+ones included (`k, v = kv_cache.attend_kv(layer_idx, k, v)`; see `omnidlm/sampling/cache.py`).
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = rotary.rotate(q, cos, sin), rotary.rotate(k, cos, sin)  # (B, H, L, D)
         if kv_cache is not None:
-            k, v = kv_cache.attend_kv(self.layer_idx, k, v)  # earlier positions prepended
+            k, v = kv_cache.attend_kv(self.layer_idx, k, v)  # cached slots, the new ones written in
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask_B1QK, enable_gqa=self.kv_heads != self.n_heads
         )  # (B, H, L, D)

@@ -1,0 +1,59 @@
+"""`omnidlm bench`: the inference engine against the reference sampler on the held-out synthetic task.
+
+    omnidlm bench --model models/text-tiny
+    omnidlm bench --model models/text-tiny --n 200 --sprint 0.75 --json bench.json
+
+Prints one table (policy x cache mode -> exact match, tokens per forward, tokens/s of non-EOS
+tokens, speedup over the reference row); with `--json FILE` also writes
+`{"rows": [{"policy", "cache", "accuracy", "tokens_per_forward", "tokens_per_s", "speedup", ...}], ...}`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench", help="benchmark the inference engine against the reference sampler")
+    p.add_argument("--model", required=True, help="checkpoint directory with a tokenizer.json (e.g. models/text-tiny)")
+    p.add_argument("--n", type=int, default=100, help="held-out examples")
+    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--threshold", type=float, default=0.9, help="tau of the threshold policy")
+    p.add_argument("--factor", type=float, default=1.0, help="f of the factor policy")
+    p.add_argument("--batch", type=int, default=8, help="batch size of the batched row (0: none)")
+    p.add_argument("--sprint", type=float, default=None, metavar="KEEP",
+                   help="add a SPRINT row keeping this fraction of the prompt's cache")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: tiny models run fastest and steadiest on one; "
+                        "0: torch's default)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the rows as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import torch
+
+    from .. import load
+    from ..eval.bench import BenchSettings, format_table, run_bench
+    from ..sequence.tokenizer import Tokenizer
+
+    if args.n <= 0:
+        raise ValueError(f"--n must be positive, got {args.n}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tokenizer = Tokenizer.from_file(args.model)
+    model = load(args.model, device=args.device)
+    settings = BenchSettings(n=args.n, max_new_tokens=args.max_new_tokens, threshold=args.threshold,
+                             factor=args.factor, batch=args.batch, sprint_keep=args.sprint)
+    rows = run_bench(model, tokenizer, settings, progress=lambda m: print(m, file=sys.stderr))
+    print(f"model {args.model}, {args.n} held-out examples, max_new_tokens {args.max_new_tokens}, "
+          f"block {model.config.block_size}, {torch.get_num_threads()} threads, device {args.device}")
+    print(format_table(rows))
+    if args.json:
+        meta = {"model": str(args.model), "n": args.n, "max_new_tokens": args.max_new_tokens,
+                "block_length": model.config.block_size, "threads": torch.get_num_threads(), "device": args.device}
+        Path(args.json).write_text(json.dumps({"rows": rows, **meta}, indent=2))
+    return 0

@@ -1,0 +1,400 @@
+"""The inference engine: ONE text sampling loop, parameterised by a commit policy and a cache mode,
+over a batch of requests that each finish on their own.
+
+    from omnidlm.sampling.engine import SamplingConfig, generate
+    cfg = SamplingConfig(max_new_tokens=128, cache="exact", policy=Threshold(0.9, steps=32))
+    results = generate(model, [[1, 2, 3], [4, 5]], cfg)     # -> [Result(tokens, forwards, ...)]
+
+    engine = BatchEngine(model, cfg, max_batch=8)          # what the server drives
+    engine.add(Request([1, 2, 3]))
+    while engine.busy: finished = engine.step()            # one forward per call; rows join and leave
+
+Layouts (`attention`):
+- "block" (LLaDA2.0, block-diffusion models): block-causal attention, blocks aligned at position 0,
+  so the block holding the prompt's tail is denoised with those prompt tokens fixed.
+- "full" (LLaDA): bidirectional attention over [prompt | masks], blocks start at the prompt's end.
+
+Cache modes:
+- "none": every step recomputes the canvas (up to the current block for "block"). Policy "fixed"
+  with cache "none" is the reference sampler (`reference.generate` / `generate_llada2`).
+- "exact" ("block" only): each step computes the current block's queries against cached
+  keys/values. The prompt is written by the first step, and a finished block's final keys/values
+  by the next block's first step (one forward holds [finished block | next block]).
+- "approx" (for "full"): the first step of a block runs the whole canvas and refreshes every slot;
+  the other steps compute only the block against the cached prefix and suffix (a "dual cache").
+
+Adaptive length (`stop_at_eos`): a row stops as soon as it holds a committed EOS with nothing
+masked before it; its output is cut after that EOS (what the LLaDA2.0 sampler returns).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+import torch
+
+from .cache import KVCache
+from .policies import FixedSteps, Threshold, choose_tokens, step_minimum
+from .reference import transfer_schedule
+from .sprint import Sprint, prune_row, prefix_confidence
+
+CACHE_MODES = ("none", "exact", "approx")
+ATTENTIONS = ("block", "full")
+
+
+@dataclass
+class SamplingConfig:
+    max_new_tokens: int = 128  # an upper bound with stop_at_eos
+    block_length: int | None = None  # None: the model's block_size
+    attention: str | None = None  # "block" | "full"; None: the model's attention
+    cache: str = "exact"
+    policy: object = field(default_factory=lambda: Threshold(0.9, 32))
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
+    remasking: str = "low_confidence"  # or "random" (LLaDA): confidence ~ U(0, 1)
+    stop_at_eos: bool = True
+    ban_ids: tuple[int, ...] = ()
+    sprint: Sprint | None = None
+
+    def resolved(self, model_cfg) -> "SamplingConfig":
+        """A copy with the model's defaults filled in; ValueError naming a bad field."""
+        out = SamplingConfig(**{**self.__dict__})
+        out.block_length = out.block_length or model_cfg.block_size
+        out.attention = out.attention or model_cfg.attention
+        check_config(out)
+        return out
+
+
+def check_config(cfg: SamplingConfig) -> None:
+    if cfg.cache not in CACHE_MODES:
+        raise ValueError(f"unknown cache mode {cfg.cache!r}; valid cache modes: {', '.join(CACHE_MODES)}")
+    if cfg.attention not in ATTENTIONS:
+        raise ValueError(f"attention must be one of {ATTENTIONS}, got {cfg.attention!r}")
+    if cfg.cache == "exact" and cfg.attention != "block":
+        raise ValueError(
+            "cache 'exact' needs block-causal attention: with full bidirectional attention every "
+            "position's keys and values change whenever any token is committed, so no cache is exact. "
+            "Use cache 'approx' (refreshed at each block boundary) or 'none', or sample block-causally "
+            "(--sampler llada2)")
+    if cfg.sprint is not None and cfg.cache != "exact":
+        raise ValueError(f"SPRINT prunes the exact prefix cache: it needs cache 'exact', got {cfg.cache!r}")
+    if cfg.max_new_tokens <= 0 or cfg.block_length <= 0:
+        raise ValueError(f"max_new_tokens ({cfg.max_new_tokens}) and block_length ({cfg.block_length}) "
+                         "must be positive")
+    if cfg.remasking not in ("low_confidence", "random"):
+        raise ValueError(f"remasking must be 'low_confidence' or 'random', got {cfg.remasking!r}")
+    if not hasattr(cfg.policy, "commit"):
+        raise ValueError(f"policy must be a policy object (see sampling/policies.py), got {cfg.policy!r}")
+
+
+@dataclass
+class Request:
+    prompt_ids: list[int]
+    max_new_tokens: int | None = None  # None: the engine's SamplingConfig.max_new_tokens
+    id: object = None  # given by `add` when None
+    image_mask: list[bool] | None = None  # per prompt token, for SPRINT's per-modality keep ratios
+
+
+@dataclass
+class Result:
+    id: object
+    tokens: list[int]  # the generated part (cut after the first EOS when stop_at_eos)
+    forwards: int  # model forwards this request took part in
+    finish_reason: str  # "eos", "length" or "cancelled"
+
+
+@dataclass
+class _Row:
+    """One request in flight. Positions are the row's own: the prompt sits at [0, prompt_len)."""
+
+    request: Request
+    prompt_len: int
+    end: int  # prompt_len + max_new_tokens: tokens at or past `end` are never returned
+    length: int  # canvas length (a whole number of blocks past the layout's origin)
+    block: int  # start of the current block
+    step: int = 0  # steps taken in the current block
+    cached: int = 0  # exact cache: positions before this are final in the cache
+    forwards: int = 0
+    shift: int = 0  # SPRINT: prompt positions pruned from the cache (slot = position - shift)
+    prefix_conf: torch.Tensor | None = None  # SPRINT: top-1 confidence of the prompt positions
+
+
+class BatchEngine:
+    """Rows [0, n) of the batch are active; a finished row's slot is refilled from the queue."""
+
+    def __init__(self, model, config: SamplingConfig | None = None, max_batch: int = 8,
+                 generator: torch.Generator | None = None, compile: bool = False):
+        self.model, self.max_batch, self.generator = model, max_batch, generator
+        self.cfg = (config or SamplingConfig()).resolved(model.config)
+        self.mask_id, self.eos_id = model.config.mask_id, model.config.eos_id
+        self.pad_id = model.config.pad_token_id
+        self.rows: list[_Row] = []
+        self.queue: list[Request] = []
+        self._ids = itertools.count()
+        self.tokens = torch.full((max_batch, 0), self.pad_id, dtype=torch.long, device=model.device)
+        self.cache = None if self.cfg.cache == "none" else KVCache.for_model(model, max_batch, 0)
+        self.forward = _compiled(model) if compile else model
+        bl, steps = self.cfg.block_length, self.cfg.policy.steps
+        self.schedule = transfer_schedule(torch.tensor([bl]), steps)[0].to(model.device)  # (steps,)
+
+    # -- requests in and out -------------------------------------------------------------------
+    @property
+    def busy(self) -> bool:
+        return bool(self.rows or self.queue)
+
+    def add(self, request: Request | list[int]) -> object:
+        """Queue a request (admitted at the next `step` when a row is free); -> its id."""
+        request = request if isinstance(request, Request) else Request(list(request))
+        self._validate(request)
+        if request.id is None:
+            request.id = next(self._ids)
+        self.queue.append(request)
+        return request.id
+
+    def step(self) -> list[Result]:
+        """Admit queued requests into free rows, run one denoising step of every active row;
+        -> the requests that finished at this step."""
+        while self.queue and len(self.rows) < self.max_batch:
+            self._admit(self.queue.pop(0))
+        if not self.rows:
+            return []
+        return self._advance(*self._denoise())
+
+    def run(self, requests) -> list[Result]:
+        """Run requests to completion; -> results in the order given."""
+        ids = [self.add(r) for r in requests]
+        done = {}
+        while self.busy:
+            done.update((r.id, r) for r in self.step())
+        return [done[i] for i in ids]
+
+    def progress(self) -> dict:
+        """{id: the generated tokens committed so far, up to the first still-masked one} for every
+        active row (what a server streams)."""
+        out = {}
+        for i, row in enumerate(self.rows):
+            ids = self.tokens[i, row.prompt_len : row.end].tolist()
+            cut = ids.index(self.mask_id) if self.mask_id in ids else len(ids)
+            ids = ids[:cut]
+            out[row.request.id] = ids[: ids.index(self.eos_id) + 1] if self.eos_id in ids else ids
+        return out
+
+    def cancel(self, request_id) -> bool:
+        """Drop a queued or active request (e.g. its client went away); -> whether it was found."""
+        for j, request in enumerate(self.queue):
+            if request.id == request_id:
+                del self.queue[j]
+                return True
+        for i, row in enumerate(self.rows):
+            if row.request.id == request_id:
+                self._release([(i, "cancelled")])
+                return True
+        return False
+
+    def _validate(self, request: Request) -> None:
+        cfg, mcfg = self.cfg, self.model.config
+        if not request.prompt_ids:
+            raise ValueError("prompt_ids is empty: give at least one token")
+        if min(request.prompt_ids) < 0 or max(request.prompt_ids) >= mcfg.vocab_size:
+            raise ValueError(f"prompt_ids hold ids outside the vocabulary [0, {mcfg.vocab_size})")
+        new = cfg.max_new_tokens if request.max_new_tokens is None else request.max_new_tokens
+        if new <= 0:
+            raise ValueError(f"max_new_tokens must be positive, got {new}")
+        if len(request.prompt_ids) + new > mcfg.max_seq_len:
+            raise ValueError(f"prompt ({len(request.prompt_ids)} tokens) + max_new_tokens ({new}) exceeds "
+                             f"the model's maximum sequence length ({mcfg.max_seq_len})")
+
+    def _admit(self, request: Request) -> None:
+        P, bl = len(request.prompt_ids), self.cfg.block_length
+        end = P + (self.cfg.max_new_tokens if request.max_new_tokens is None else request.max_new_tokens)
+        if self.cfg.attention == "block":  # blocks aligned at 0
+            first, length = P // bl * bl, -(-end // bl) * bl
+        else:  # blocks from the prompt's end
+            first, length = P, P + -(-(end - P) // bl) * bl
+        r = len(self.rows)
+        self._ensure_length(length)
+        self.tokens[r] = self.pad_id
+        self.tokens[r, :P] = torch.tensor(request.prompt_ids, device=self.tokens.device)
+        self.tokens[r, P:length] = self.mask_id
+        if self.cache is not None:
+            self.cache.reset_row(r)
+        self.rows.append(_Row(request, P, end, length, first))
+
+    def _ensure_length(self, length: int) -> None:
+        if length > self.tokens.shape[1]:
+            pad = self.tokens.new_full((self.max_batch, length - self.tokens.shape[1]), self.pad_id)
+            self.tokens = torch.cat([self.tokens, pad], dim=1)
+        if self.cache is not None:
+            self.cache.ensure_length(length)
+
+    # -- one denoising step ----------------------------------------------------------------------
+    def _plan(self) -> dict[str, torch.Tensor]:
+        """Per row (one host-to-device copy): the positions [a, e) this forward computes, the end
+        of what it may see, and the row's state."""
+        cfg, table = self.cfg, []
+        for row in self.rows:
+            block_end = row.block + cfg.block_length
+            canvas_end = block_end if cfg.attention == "block" else row.length
+            if cfg.cache == "exact":
+                a, e = row.cached, block_end
+            elif cfg.cache == "approx" and row.step > 0:
+                a, e = row.block, block_end
+            else:  # "none", or the refreshing first step of a block with "approx"
+                a, e = 0, canvas_end
+            table.append([a, e, canvas_end - row.shift, row.block, row.step, row.prompt_len, row.end,
+                          row.length, row.shift])
+        cols = torch.tensor(table, device=self.tokens.device).unbind(1)
+        plan = dict(zip(("a", "e", "seen", "block", "step", "prompt_len", "end", "length", "shift"), cols))
+        plan["n_queries"] = max(r[1] - r[0] for r in table)
+        plan["width"] = max(r[2] for r in table)
+        return plan
+
+    def _denoise(self):
+        """One forward and one commit for every active row; -> (block tokens (n, bl), their
+        positions (n, bl), the plan)."""
+        n, bl, dev = len(self.rows), self.cfg.block_length, self.tokens.device
+        plan = self._plan()
+        a = plan["a"]
+        q_pos = a[:, None] + torch.arange(plan["n_queries"], device=dev)  # (n, Lq)
+        valid = q_pos < plan["e"][:, None]
+        q_pos = torch.where(valid, q_pos, 0)
+        idx = (plan["block"] - a)[:, None] + torch.arange(bl, device=dev)  # (n, bl) block within the queries
+        # with a cache only the block goes through the head; "none" keeps the reference's own call
+        head_only = self.cache is not None and self.cfg.sprint is None
+        logits = self._forward(q_pos, valid, plan, idx if head_only else None)  # (n, Lq or bl, V)
+        if head_only:
+            block_logits = logits
+        else:
+            block_logits = logits.gather(1, idx[..., None].expand(-1, -1, logits.shape[-1]))  # (n, bl, V)
+        if self.cfg.sprint is not None:
+            self._note_prefix_confidence(logits, a)
+        positions = plan["block"][:, None] + torch.arange(bl, device=dev)  # (n, bl)
+        current = self.tokens[:n].gather(1, positions)
+        new = self._commit(block_logits, current, plan["step"])
+        self.tokens[:n].scatter_(1, positions, new)
+        if self.cfg.cache == "exact":
+            for row in self.rows:
+                row.cached = row.block
+        return new, positions, plan
+
+    def _forward(self, q_pos: torch.Tensor, valid: torch.Tensor, plan, logits_at=None) -> torch.Tensor:
+        """Queries at q_pos (n, Lq) attend to keys of positions < plan["seen"] -> logits (n, Lq, V),
+        or (n, K, V) at the query indices `logits_at` (n, K)."""
+        n = q_pos.shape[0]
+        tokens = torch.where(valid, self.tokens[:n].gather(1, q_pos), self.pad_id)  # (n, Lq)
+        if self.cache is None:
+            k_pos = torch.where(valid, q_pos, -1)
+            kv = None
+        else:
+            slots = torch.where(valid, q_pos - plan["shift"][:, None], self.cache.trash)
+            k_pos = self.cache.begin(slots, q_pos, plan["width"])  # (n, W)
+            kv = self.cache
+        mask = self._mask(q_pos, valid, k_pos, plan["length"])
+        if logits_at is None:
+            return self.forward(tokens, attention_mask=mask, position_ids=q_pos, kv_cache=kv).logits
+        return self.forward(tokens, attention_mask=mask, position_ids=q_pos, kv_cache=kv, logits_at=logits_at).logits
+
+    def _mask(self, q_pos, valid, k_pos, lengths) -> torch.Tensor | None:
+        """(n, 1, Lq, W) True = may attend, from the positions of queries and key slots."""
+        key_ok = (k_pos >= 0)[:, None, :]  # (n, 1, W)
+        if self.cfg.attention == "block":
+            bl = self.cfg.block_length
+            ok = key_ok & (k_pos[:, None, :] // bl <= q_pos[:, :, None] // bl)  # (n, Lq, W)
+        else:
+            ok = (key_ok & (k_pos < lengths[:, None])[:, None, :]).expand(-1, q_pos.shape[1], -1)
+            if bool(ok.all()):
+                return None  # full attention with no padding: the reference's own call
+        pad = ~valid[:, :, None] & (torch.arange(k_pos.shape[1], device=k_pos.device) == 0)
+        return (ok | pad)[:, None]  # padded queries see slot 0 (their output is dropped)
+
+    def _commit(self, block_logits, current, step) -> torch.Tensor:
+        """Choose tokens, apply the policy, -> the block with the committed tokens filled in."""
+        cfg = self.cfg
+        x0, conf = choose_tokens(block_logits, cfg.temperature, cfg.top_k, cfg.top_p, cfg.ban_ids, self.generator)
+        if cfg.remasking == "random":
+            conf = torch.rand(conf.shape, device=conf.device, generator=self.generator)
+        masked = current == self.mask_id  # (n, bl)
+        conf = torch.where(masked, conf, float("-inf"))
+        minimum = step_minimum(self.schedule, step, masked.sum(1))
+        commit = cfg.policy.commit(conf, minimum) & masked
+        return torch.where(commit, x0, current)
+
+    # -- bookkeeping after a step ----------------------------------------------------------------
+    def _advance(self, new: torch.Tensor, positions: torch.Tensor, plan) -> list[Result]:
+        block_done = (new != self.mask_id).all(1)
+        eos_done = self._eos_done(new, positions, plan) if self.cfg.stop_at_eos else torch.zeros_like(block_done)
+        block_done, eos_done = torch.stack([block_done, eos_done]).tolist()
+        finished = []
+        for i, row in enumerate(self.rows):
+            row.forwards += 1
+            row.step += 1
+            if eos_done[i]:
+                finished.append((i, "eos"))
+            elif block_done[i]:
+                row.block, row.step = row.block + self.cfg.block_length, 0
+                if row.block >= row.length:
+                    finished.append((i, "length"))
+            if self.cfg.sprint is not None and row.forwards == self.cfg.sprint.warmup:
+                prune_row(self, i)
+        return self._release(finished)
+
+    def _eos_done(self, new: torch.Tensor, positions: torch.Tensor, plan) -> torch.Tensor:
+        """(n,) True where the row holds a committed EOS with nothing masked before it.
+        Earlier blocks hold no EOS (the row would have stopped), so the current block decides."""
+        P, end = plan["prompt_len"][:, None], plan["end"][:, None]
+        gen = (positions >= P) & (positions < end)  # (n, bl)
+        eos = (new == self.eos_id) & gen
+        first = torch.where(eos, positions, end).min(1, keepdim=True).values  # (n, 1)
+        masked_before = ((new == self.mask_id) & gen & (positions < first)).any(1)
+        return eos.any(1) & ~masked_before
+
+    def _release(self, finished: list[tuple[int, str]]) -> list[Result]:
+        """Results for finished rows; the last active row moves into each freed slot."""
+        results = []
+        for i, reason in sorted(finished, reverse=True):
+            results.append(self._result(i, reason))
+            last = len(self.rows) - 1
+            if i != last:
+                self.tokens[i] = self.tokens[last]
+                if self.cache is not None:
+                    self.cache.move_row(last, i)
+                self.rows[i] = self.rows[last]
+            self.rows.pop()
+        return results[::-1]
+
+    def _result(self, i: int, reason: str) -> Result:
+        row = self.rows[i]
+        out = self.tokens[i, row.prompt_len : row.end].tolist()
+        if self.cfg.stop_at_eos and self.eos_id in out:
+            out = out[: out.index(self.eos_id) + 1]
+            reason = "eos"
+        return Result(row.request.id, out, row.forwards, reason)
+
+    def _note_prefix_confidence(self, logits, a) -> None:
+        for i, row in enumerate(self.rows):
+            if row.forwards == 0:  # the prefill step: confidences of the prompt positions
+                row.prefix_conf = prefix_confidence(logits[i], int(a[i]), row.prompt_len)
+
+
+def _compiled(model):
+    """The GPU path: one compiled forward (dynamic shapes) for every step. CUDA only."""
+    if model.device.type != "cuda":
+        raise ValueError("compile=True is the GPU path (CUDA); on the CPU run eagerly")
+    return torch.compile(model, dynamic=True)
+
+
+def generate(model, prompts, config: SamplingConfig | None = None, max_batch: int = 8,
+             generator: torch.Generator | None = None) -> list[Result]:
+    """Run lists of prompt ids (or Requests) through a BatchEngine; -> results in order."""
+    return BatchEngine(model, config, max_batch, generator).run(prompts)
+
+
+def reference_config(attention: str, block_length: int, max_new_tokens: int, steps_per_block: int,
+                     threshold: float | None = None) -> SamplingConfig:
+    """The settings under which the engine (cache "none") is a published reference sampler:
+    LLaDA's `generate` (full, fixed steps, no EOS stop) or `generate_llada2` (block, threshold)."""
+    policy = FixedSteps(steps_per_block) if threshold is None else Threshold(threshold, steps_per_block)
+    return SamplingConfig(max_new_tokens=max_new_tokens, block_length=block_length, attention=attention,
+                          cache="none", policy=policy, stop_at_eos=attention == "block")

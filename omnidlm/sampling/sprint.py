@@ -1,0 +1,74 @@
+"""SPRINT: prune the prompt's cached keys/values after a warm-up (REFERENCE.md §4). Opt-in.
+
+After a request's first `warmup` forwards, each cached prompt position i gets the score
+
+    s_i = alpha * knorm_i / mean(knorm) + (1 - alpha) * c_i
+
+with knorm_i the norm of its keys (averaged over layers and heads; RoPE preserves norms) and c_i the
+top-1 softmax confidence of the model at position i in the prefill forward. Text and image
+positions keep their own top fraction (`keep_text`, `keep_image`); the rest leave the cache, which
+is compacted, so every later step attends over fewer keys. Generated blocks are never pruned.
+
+    cfg = SamplingConfig(cache="exact", sprint=Sprint(keep_text=0.5, warmup=2))
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class Sprint:
+    keep_text: float = 0.5  # fraction of cached text prompt positions kept
+    keep_image: float = 0.3  # fraction of cached image prompt positions kept
+    alpha: float = 0.5  # weight of the key norm against the confidence
+    warmup: int = 1  # forwards of a request before its prefix is pruned
+
+    def __post_init__(self):
+        for name in ("keep_text", "keep_image", "alpha"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"Sprint.{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.warmup < 1:
+            raise ValueError(f"Sprint.warmup must be at least 1 (the prefill), got {self.warmup}")
+
+
+def prefix_confidence(logits_LV: torch.Tensor, start: int, prompt_len: int) -> torch.Tensor:
+    """Top-1 probabilities at prompt positions [start, prompt_len) of one row's forward -> (n,)."""
+    n = max(0, min(prompt_len - start, logits_LV.shape[0]))
+    return F.softmax(logits_LV[:n].float(), dim=-1).max(-1).values
+
+
+def scores(knorm: torch.Tensor, conf: torch.Tensor, alpha: float) -> torch.Tensor:
+    """s_i = alpha * knorm_i / mean(knorm) + (1 - alpha) * c_i."""
+    return alpha * knorm / knorm.mean().clamp_min(1e-12) + (1 - alpha) * conf
+
+
+def keep_positions(score: torch.Tensor, is_image: torch.Tensor, sprint: Sprint) -> torch.Tensor:
+    """Indices (ascending) of the candidates kept: the top fraction of each modality by score."""
+    kept = []
+    for modality, ratio in ((~is_image, sprint.keep_text), (is_image, sprint.keep_image)):
+        idx = modality.nonzero().squeeze(1)
+        k = math.ceil(ratio * idx.numel())
+        if k:
+            kept.append(idx[score[idx].topk(k).indices])
+    return torch.cat(kept).sort().values if kept else score.new_zeros(0, dtype=torch.long)
+
+
+def prune_row(engine, i: int) -> None:
+    """Prune row i's cached prompt positions [0, min(prompt_len, cached)) and compact its cache."""
+    row, cache = engine.rows[i], engine.cache
+    n = 0 if row.prefix_conf is None else min(row.prompt_len, row.cached, len(row.prefix_conf))
+    if n == 0 or row.shift:
+        return  # nothing cached yet, or already pruned
+    slots = torch.arange(n, device=cache.slot_pos.device)  # unpruned: slot = position
+    knorm = torch.stack([k[i, :, :n].float().norm(dim=-1).mean(0) for k in cache.k]).mean(0)  # (n,)
+    image = row.request.image_mask
+    is_image = torch.tensor(image[:n] if image else [False] * n, dtype=torch.bool, device=slots.device)
+    keep = keep_positions(scores(knorm, row.prefix_conf[:n].to(knorm.device), engine.cfg.sprint.alpha),
+                          is_image, engine.cfg.sprint)
+    rest = torch.arange(n, row.cached, device=slots.device)  # cached generated positions stay
+    row.shift = cache.compact_row(i, torch.cat([keep, rest]), row.cached)
