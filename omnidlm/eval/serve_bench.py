@@ -1,0 +1,58 @@
+"""Server benchmark: requests/s and tokens/s at several client concurrencies, all against one
+server started on loopback in this process (`omnidlm bench --serve`).
+
+Every level sends the same held-out synthetic prompts; a row counts completion tokens as the
+server reports them (EOS excluded) and the exact-match accuracy of the answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+
+from ..data.synthetic import heldout, score_exact
+
+
+async def _load(url: str, examples, concurrency: int, max_tokens: int) -> dict:
+    limit = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(timeout=600) as client:
+        async def one(messages, answer):
+            async with limit:
+                r = await client.post(url + "/v1/chat/completions", json={"messages": messages, "max_tokens": max_tokens})
+            body = r.json()
+            text = body["choices"][0]["message"]["content"] if r.status_code == 200 else ""
+            tokens = body.get("usage", {}).get("completion_tokens", 0) if r.status_code == 200 else 0
+            return r.status_code == 200, score_exact(text, answer), max(tokens - 1, 0)
+
+        start = time.perf_counter()
+        results = await asyncio.gather(*[one(m, a) for m, a in examples])
+        seconds = time.perf_counter() - start
+    ok, correct, tokens = (sum(col) for col in zip(*results))
+    return {"concurrency": concurrency, "requests": len(examples), "ok": ok, "accuracy": correct / len(examples),
+            "requests_per_s": len(examples) / seconds, "tokens_per_s": tokens / seconds, "seconds": seconds}
+
+
+def bench_serve(model, tokenizer, levels=(1, 4, 16), requests_per_level: int = 32, max_tokens: int = 96) -> list[dict]:
+    """Start a server on a free loopback port, load it at each concurrency level, stop it."""
+    from ..serve.app import create_app
+    from ..serve.testing import start_server
+
+    app = create_app(model, tokenizer, "bench", max_batch=max(levels), max_queue=requests_per_level)
+    server, url = start_server(app)
+    try:
+        examples = heldout(requests_per_level)
+        asyncio.run(_load(url, examples[:2], 1, max_tokens))  # warm-up
+        return [asyncio.run(_load(url, examples, c, max_tokens)) for c in levels]
+    finally:
+        server.should_exit = True
+
+
+def format_table(rows: list[dict]) -> str:
+    head = f"{'clients':>7} {'requests':>8} {'ok':>4} {'accuracy':>8} {'req/s':>7} {'tokens/s':>9}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['concurrency']:>7} {r['requests']:>8} {r['ok']:>4} {r['accuracy']:>8.3f} "
+                     f"{r['requests_per_s']:>7.2f} {r['tokens_per_s']:>9.1f}")
+    return "\n".join(lines)
