@@ -2,6 +2,7 @@
 on loopback with the shipped text model; errors; a bounded load test."""
 
 import asyncio
+import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -111,3 +112,13 @@ def test_load_200_requests_from_16_clients_all_answered(served):
     assert [status for status, _, _ in results] == [200] * 200
     correct = sum(score_exact(text, answer) for _, text, answer in results)
     assert correct >= 180, f"{correct}/200 exact under concurrent batching"
+
+
+def test_bench_serve_reports_every_concurrency_level(tmp_path):
+    from omnidlm.cli import main
+
+    out = tmp_path / "serve.json"
+    assert main(["bench", "--model", str(MODEL), "--serve", "--n", "4", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["serve_rows"]
+    assert [r["concurrency"] for r in rows] == [1, 4, 16]
+    assert all(r["ok"] == 4 and r["tokens_per_s"] > 0 for r in rows)

@@ -2,6 +2,7 @@
 
     omnidlm bench --model models/text-tiny
     omnidlm bench --model models/text-tiny --n 200 --sprint 0.75 --json bench.json
+    omnidlm bench --model models/text-tiny --serve        # the HTTP server at 1, 4 and 16 clients
 
 Prints one table (policy x cache mode -> exact match, tokens per forward, tokens/s of non-EOS
 tokens, speedup over the reference row); with `--json FILE` also writes
@@ -28,6 +29,8 @@ def register(sub) -> None:
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: tiny models run fastest and steadiest on one; "
                         "0: torch's default)")
+    p.add_argument("--serve", action="store_true",
+                   help="benchmark the HTTP server instead: requests/s and tokens/s at 1, 4 and 16 clients")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the rows as JSON")
     p.set_defaults(func=run)
@@ -46,6 +49,8 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     tokenizer = Tokenizer.from_file(args.model)
     model = load(args.model, device=args.device)
+    if args.serve:
+        return run_serve(model, tokenizer, args)
     settings = BenchSettings(n=args.n, max_new_tokens=args.max_new_tokens, threshold=args.threshold,
                              factor=args.factor, batch=args.batch, sprint_keep=args.sprint)
     rows = run_bench(model, tokenizer, settings, progress=lambda m: print(m, file=sys.stderr))
@@ -56,4 +61,15 @@ def run(args) -> int:
         meta = {"model": str(args.model), "n": args.n, "max_new_tokens": args.max_new_tokens,
                 "block_length": model.config.block_size, "threads": torch.get_num_threads(), "device": args.device}
         Path(args.json).write_text(json.dumps({"rows": rows, **meta}, indent=2))
+    return 0
+
+
+def run_serve(model, tokenizer, args) -> int:
+    from ..eval.serve_bench import bench_serve, format_table
+
+    rows = bench_serve(model, tokenizer, requests_per_level=args.n, max_tokens=args.max_new_tokens)
+    print(f"server on loopback, model {args.model}, {args.n} requests per level, max_tokens {args.max_new_tokens}")
+    print(format_table(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"serve_rows": rows, "model": str(args.model)}, indent=2))
     return 0
