@@ -17,6 +17,8 @@ COMMANDS = [
     "omnidlm.commands.plot",
     "omnidlm.commands.bench",
     "omnidlm.commands.serve",
+    "omnidlm.commands.chat",
+    "omnidlm.commands.visualize",
 ]
 
 

@@ -1,0 +1,91 @@
+"""`omnidlm visualize --model PATH "prompt" --out unmask.gif`: the denoising trajectory as frames.
+
+One frame per engine step: committed tokens in black, tokens committed at this step in red, still
+masked positions as grey blocks. Written with Pillow as a GIF (or a PNG of the last frame).
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+MASK_GLYPH = "\u2591"
+
+
+def register(sub) -> None:
+    p = sub.add_parser("visualize", help="write the unmasking trajectory of one answer as a GIF")
+    p.add_argument("--model", required=True, help="checkpoint directory with a tokenizer.json")
+    p.add_argument("prompt", help="the user message")
+    p.add_argument("--out", default="unmask.gif", help="GIF (all frames) or PNG (last frame)")
+    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--threshold", type=float, default=0.9)
+    p.add_argument("--width", type=int, default=64, help="characters per line")
+    p.set_defaults(func=run)
+
+
+def trajectory(engine, prompt_ids, max_tokens) -> list[list[int]]:
+    """Canvas of generated positions (mask ids included) after every step of one request."""
+    from ..sampling.engine import Request
+
+    request_id = engine.add(Request(prompt_ids, max_tokens))
+    frames = []
+    while engine.busy:
+        before = len(frames)
+        finished = {r.id: r for r in engine.step()}
+        if request_id in finished:
+            frames.append(finished[request_id].tokens)
+        elif engine.rows:
+            row = engine.rows[0]
+            frames.append(engine.tokens[0, row.prompt_len : row.end].tolist())
+        assert len(frames) == before + 1
+    return frames
+
+
+def render(frames, tokenizer, mask_id, eos_id, width):
+    """Pillow images of the frames: (text, colour) cells on a character grid."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    cell_w, cell_h = 8, 14
+    lines = max(1, -(-max(len(f) for f in frames) // width))
+    images, previous = [], None
+    for frame in frames:
+        image = Image.new("RGB", (width * cell_w + 16, lines * cell_h + 16), "white")
+        draw = ImageDraw.Draw(image)
+        for i, token in enumerate(frame):
+            if token == eos_id:
+                break
+            new = previous is not None and (i >= len(previous) or previous[i] == mask_id) and token != mask_id
+            glyph = MASK_GLYPH if token == mask_id else (tokenizer.decode([token]) or "?")[:1]
+            colour = (170, 170, 170) if token == mask_id else ((200, 30, 30) if new else (0, 0, 0))
+            draw.text((8 + (i % width) * cell_w, 8 + (i // width) * cell_h), glyph, fill=colour, font=font)
+        images.append(image)
+        previous = frame
+    return images
+
+
+def run(args) -> int:
+    from .. import load
+    from ..sampling.engine import BatchEngine, SamplingConfig
+    from ..sampling.policies import Threshold
+    from ..sequence.tokenizer import Tokenizer
+
+    if not args.prompt.strip():
+        raise ValueError("the prompt is empty")
+    model = load(args.model)
+    tokenizer = Tokenizer.from_file(args.model)
+    cache = "exact" if model.config.attention == "block" else "approx"
+    engine = BatchEngine(model, SamplingConfig(max_new_tokens=args.max_tokens, cache=cache,
+                                               policy=Threshold(args.threshold, model.config.block_size)), max_batch=1)
+    frames = trajectory(engine, tokenizer.encode_chat([{"role": "user", "content": args.prompt}]), args.max_tokens)
+    images = render(frames, tokenizer, model.config.mask_id, model.config.eos_id, args.width)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix.lower() == ".gif":
+        durations = [400] * (len(images) - 1) + [2000]  # hold the finished answer
+        images[0].save(out, save_all=True, append_images=images[1:], duration=durations, loop=0)
+    else:
+        images[-1].save(out)
+    answer = tokenizer.decode([t for t in frames[-1] if t != model.config.eos_id])
+    print(f"{len(frames)} steps -> {out}\n" + "\n".join(textwrap.wrap(answer, args.width)))
+    return 0
