@@ -19,6 +19,9 @@ COMMANDS = [
     "omnidlm.commands.serve",
     "omnidlm.commands.chat",
     "omnidlm.commands.visualize",
+    "omnidlm.commands.demo",
+    "omnidlm.commands.ask",
+    "omnidlm.commands.draw",
 ]
 
 

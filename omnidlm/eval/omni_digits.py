@@ -1,0 +1,63 @@
+"""Held-out evaluation of an omni digits model: questions answered, digits drawn and judged.
+
+    q = question_accuracy(model, tok, limit=60)     # held-out images 1500-1796
+    d = drawing_accuracy(model, tok, per_digit=3)   # judged by DigitJudge (SVC on real digits)
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import numpy as np
+
+from ..data.digits import QUESTION, WORDS, caption, digit_images, question_answer
+from ..sampling.omni import draw, understand
+from .judge import DigitJudge
+
+
+def heldout_subset(limit: int | None, seed: int = 0) -> list[int]:
+    """Indices into the held-out split: all, or `limit` of them chosen at random (fixed seed)."""
+    _, labels = digit_images("heldout", 8)
+    idx = list(range(len(labels)))
+    if limit is not None and limit < len(idx):
+        idx = sorted(random.Random(seed).sample(idx, limit))
+    return idx
+
+
+def question_accuracy(model, tokenizer, limit: int | None = None, seed: int = 0, threshold: float = 0.95,
+                      kinds=("word",), progress=None) -> dict:
+    """"What digit is shown?" (and other kinds) on held-out digits -> accuracy, length error, timing."""
+    images, labels = digit_images("heldout", 32)
+    rng = random.Random(seed)
+    rows, correct, length_err, seconds = [], 0, [], []
+    for n, i in enumerate(heldout_subset(limit, seed)):
+        for kind in kinds:
+            q, want = question_answer(int(labels[i]), kind, rng)
+            ans = understand(model, tokenizer, images[i], q, threshold=threshold)
+            ok = ans.text.strip() == want
+            correct += ok
+            length_err.append(abs(len(ans.ids) - len(tokenizer.encode(want))))
+            seconds.append(ans.seconds)
+            rows.append({"index": 1500 + i, "kind": kind, "answer": ans.text, "want": want, "ok": bool(ok)})
+        if progress:
+            progress(n)
+    total = len(rows)
+    return {"accuracy": correct / max(1, total), "n": total, "length_error": float(np.mean(length_err)),
+            "seconds_per_answer": float(np.mean(seconds)), "rows": rows}
+
+
+def drawing_accuracy(model, tokenizer, per_digit: int = 3, seed: int = 0, steps: int = 30, cfg: float = 4.0,
+                     progress: bool = False) -> dict:
+    """Draw `per_digit` images of every digit from "a handwritten digit N"; judge them with the SVC."""
+    start = time.time()
+    prompts = [caption(d) for d in range(10)]
+    images = draw(model, tokenizer, prompts, n=per_digit, seed=seed, steps=steps, cfg=cfg, progress=progress)
+    labels = np.repeat(np.arange(10), per_digit)
+    predicted = DigitJudge.fit().predict(images)
+    seconds = time.time() - start
+    return {"accuracy": float((predicted == labels).mean()), "n": len(labels), "images": images,
+            "labels": labels, "predicted": predicted, "seconds_per_image": seconds / len(labels)}
+
+
+__all__ = ["question_accuracy", "drawing_accuracy", "heldout_subset", "QUESTION", "WORDS"]
