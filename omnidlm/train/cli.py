@@ -4,6 +4,7 @@
     omnidlm train --recipe synthetic-text --out runs/text --resume          # continue the latest checkpoint
     omnidlm train --recipe chat-lora --out runs/lora data_path=chat.jsonl init_from=models/text-tiny lr=5e-4
     torchrun --nproc_per_node 2 -m omnidlm train --recipe synthetic-tiny --out runs/t parallel=fsdp
+    omnidlm train --recipe digits-lladao --out runs/lladao      # the omni model (VAE included)
 
 Trailing `key=value` arguments override fields of the recipe's TrainConfig (`model.<field>=...`
 for the model); `--list` prints the recipes and every field with its value.
@@ -29,8 +30,13 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from .omni import OMNI_RECIPES
     from .recipes import RECIPES, apply_overrides, recipe
 
+    if args.recipe in OMNI_RECIPES:
+        return run_omni(args, OMNI_RECIPES[args.recipe]())
+    if args.recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {args.recipe!r}; valid recipes: {sorted(RECIPES) + sorted(OMNI_RECIPES)}")
     cfg = recipe(args.recipe)
     if args.max_steps is not None:
         cfg = apply_overrides(cfg, [f"max_steps={args.max_steps}"])
@@ -49,4 +55,29 @@ def run(args) -> int:
         print(f"omnidlm train: error: {error} (the previous checkpoint in {out}/checkpoints is intact)")
         return 1
     print(json.dumps({"out": str(out), **summary}))
+    return 0
+
+
+def run_omni(args, cfg) -> int:
+    """The LLaDA-o recipes: their own loop (VAE, then the omni model), one process."""
+    import dataclasses
+
+    from .omni import train_omni
+    from .recipes import _parse
+
+    fields = {f.name for f in dataclasses.fields(cfg)}
+    changes = {"steps": args.max_steps} if args.max_steps is not None else {}
+    for item in args.overrides:
+        key, sep, value = item.partition("=")
+        if not sep or key not in fields:
+            raise ValueError(f"override {item!r} is not key=value with a field of {cfg.recipe}: {sorted(fields)}")
+        changes[key] = _parse(value, getattr(cfg, key), key)
+    cfg = dataclasses.replace(cfg, **changes)
+    if args.list:
+        print(json.dumps({"recipe": args.recipe, "config": dataclasses.asdict(cfg)}, indent=2))
+        return 0
+    if args.resume:
+        raise ValueError(f"--resume is not supported by {args.recipe} (a whole run takes about 15 minutes)")
+    _, summary = train_omni(cfg, args.out or f"runs/{args.recipe}")
+    print(json.dumps({k: v for k, v in summary.items() if k != "config"}))
     return 0
