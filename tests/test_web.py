@@ -66,3 +66,34 @@ def test_page_streams_an_answer_and_shows_errors(browser):
         browser.save_screenshot(str(ROOT / "test-artifacts" / "web.png"))
     finally:
         server.should_exit = True
+
+
+def test_page_asks_about_an_uploaded_image_and_shows_a_drawing(browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    from omnidlm.data.digits import WORDS, digit_images
+    from omnidlm.serve.images import encode_png
+    from omnidlm.serve.omni_app import create_omni_app
+    from omnidlm.train.omni import load_omni
+
+    model, tokenizer = load_omni(ROOT / "models" / "lladao-digits")
+    server, url = start_server(create_omni_app(model, tokenizer, "lladao-digits"))
+    try:
+        image = tmp_path / "digit.png"
+        import base64
+
+        image.write_bytes(base64.b64decode(encode_png(digit_images("heldout", size=32)[0][0])))
+        browser.get(url + "/")
+        browser.find_element(By.ID, "image").send_keys(str(image))
+        browser.find_element(By.ID, "prompt").send_keys("What digit is shown?")
+        browser.find_element(By.ID, "send").click()
+        done = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, ".answer[data-done='1']"))
+        assert done[0].text.removeprefix("model: ").strip() in WORDS
+        browser.find_element(By.ID, "prompt").send_keys("/draw a handwritten digit 3")
+        browser.find_element(By.ID, "send").click()
+        drawing = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "img.drawing"))
+        assert drawing[0].get_attribute("src").startswith("data:image/png;base64,")
+        (ROOT / "test-artifacts").mkdir(exist_ok=True)
+        browser.save_screenshot(str(ROOT / "test-artifacts" / "web-omni.png"))
+    finally:
+        server.should_exit = True

@@ -18,16 +18,29 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def build_app(path: str, device: str, max_batch: int, max_queue: int, limits):
+    """The app for the model at `path`: LLaDA-o layouts get the omni app, the rest the text app."""
+    name = Path(path).name
+    if (Path(path) / "llm_config.json").is_file():
+        from ..serve.omni_app import create_omni_app
+        from ..train.omni import load_omni
+
+        model, tokenizer = load_omni(path)
+        return create_omni_app(model, tokenizer, name, max_queue, limits)
+    from .. import load
+    from ..sequence.tokenizer import Tokenizer
+    from ..serve.app import create_app
+
+    model = load(path, device=device)
+    return create_app(model, Tokenizer.from_file(path), name, max_batch, max_queue, limits)
+
+
 def run(args) -> int:
     import uvicorn
 
-    from .. import load
-    from ..sequence.tokenizer import Tokenizer
-    from ..serve.app import Limits, create_app
+    from ..serve.app import Limits
 
-    model = load(args.model, device=args.device)
-    tokenizer = Tokenizer.from_file(args.model)
     limits = Limits(max_tokens=args.max_tokens, timeout_s=args.timeout)
-    app = create_app(model, tokenizer, Path(args.model).name, args.max_batch, args.max_queue, limits)
+    app = build_app(args.model, args.device, args.max_batch, args.max_queue, limits)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

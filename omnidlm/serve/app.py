@@ -56,7 +56,8 @@ def create_app(model, tokenizer, name: str = "omnidlm", max_batch: int = 8, max_
     app.state.metrics = Metrics()
     server = Server(model, tokenizer, name, app.state.scheduler, app.state.metrics, limits)
     install_error_handlers(app, app.state.metrics, limits)
-    install_routes(app, server)
+    install_common_routes(app, name, app.state.metrics, server.refresh_metrics)
+    install_text_routes(app, server)
     return app
 
 
@@ -99,6 +100,10 @@ class Server:
         return Settings(max_new_tokens=max_tokens, temperature=body.temperature,
                         top_p=body.top_p if body.top_p < 1.0 else None, threshold=body.threshold or 0.9,
                         steps=body.steps, block_length=body.block_length)
+
+    def refresh_metrics(self) -> None:
+        self.metrics.queue_depth = self.scheduler.queue_depth
+        self.metrics.tokens_generated = self.scheduler.tokens_generated
 
     def chat_prompt(self, body: ChatRequest) -> list[int]:
         messages = []
@@ -172,25 +177,28 @@ class Server:
         yield "data: [DONE]\n\n"
 
 
-def install_routes(app: FastAPI, server: Server) -> None:
+def install_common_routes(app: FastAPI, name: str, metrics: Metrics, refresh=lambda: None) -> None:
+    """The page, health, metrics and model list: the same for every kind of model."""
+
     @app.get("/", response_class=HTMLResponse)
     async def page():
         return WEB_PAGE.read_text()
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": server.name}
+        return {"status": "ok", "model": name}
 
     @app.get("/metrics", response_class=PlainTextResponse)
-    async def metrics():
-        server.metrics.queue_depth = server.scheduler.queue_depth
-        server.metrics.tokens_generated = server.scheduler.tokens_generated
-        return server.metrics.render()
+    async def render_metrics():
+        refresh()
+        return metrics.render()
 
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [{"id": server.name, "object": "model", "owned_by": "omnidlm"}]}
+        return {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "omnidlm"}]}
 
+
+def install_text_routes(app: FastAPI, server: Server) -> None:
     @app.post("/v1/chat/completions")
     async def chat(body: ChatRequest):
         ids = server.chat_prompt(body)

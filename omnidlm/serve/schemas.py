@@ -54,7 +54,7 @@ class ImageRequest(BaseModel):
     model: str | None = None
     prompt: str = Field(min_length=1)
     n: int = Field(default=1, ge=1, le=8)
-    size: str = "32x32"
+    size: str | None = None  # None: the size the model draws
     seed: int | None = None
     response_format: Literal["b64_json"] = "b64_json"
     steps: int | None = Field(default=None, ge=1)

@@ -1,0 +1,84 @@
+"""The server on the shipped LLaDA-o digits model: chat about an image, draw, edit, and errors,
+through the official `openai` client."""
+
+import base64
+import io
+
+import numpy as np
+import openai
+import pytest
+from PIL import Image
+
+from omnidlm.data.digits import WORDS, digit_images
+from omnidlm.eval.judge import DigitJudge
+from omnidlm.serve.app import Limits
+from omnidlm.serve.images import encode_png
+from omnidlm.serve.omni_app import create_omni_app
+from omnidlm.serve.testing import start_server
+from omnidlm.train.omni import load_omni
+
+MODEL = "models/lladao-digits"
+
+
+@pytest.fixture(scope="module")
+def served():
+    model, tokenizer = load_omni(MODEL)
+    server, url = start_server(create_omni_app(model, tokenizer, "lladao-digits", limits=Limits(max_image_pixels=512 * 512)))
+    yield url, openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0), model
+    server.should_exit = True
+
+
+def data_url(image: np.ndarray) -> str:
+    return "data:image/png;base64," + encode_png(image)
+
+
+def test_chat_about_an_image_answers_with_a_digit_word(served):
+    _, client, _ = served
+    images, _ = digit_images("heldout", size=32)
+    reply = client.chat.completions.create(model="lladao-digits", messages=[{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": data_url(images[0])}},
+        {"type": "text", "text": "What digit is shown?"}]}])
+    assert reply.choices[0].message.content in WORDS
+    stream = list(client.chat.completions.create(model="lladao-digits", stream=True, messages=[{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": data_url(images[1])}}, {"type": "text", "text": "What digit is shown?"}]}]))
+    assert "".join(c.choices[0].delta.content or "" for c in stream) in WORDS
+
+
+def decode(item) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(item.b64_json))).convert("L"), dtype=np.float32) / 255
+
+
+def test_draw_and_edit_give_judged_digits(served):
+    _, client, model = served
+    size = f"{decode_one_size(model)}x{decode_one_size(model)}"
+    drawn = client.images.generate(model="lladao-digits", prompt="a handwritten digit 4", n=2, size=size,
+                                   extra_body={"seed": 1})
+    images = np.stack([decode(d) for d in drawn.data])
+    assert images.shape[0] == 2 and DigitJudge.fit().accuracy(images, [4, 4]) >= 0.5
+    source = io.BytesIO(base64.b64decode(drawn.data[0].b64_json))
+    edited = client.images.edit(model="lladao-digits", image=("four.png", source, "image/png"),
+                                prompt="a handwritten digit 7")
+    assert decode(edited.data[0]).shape == images.shape[1:]
+
+
+def decode_one_size(model) -> int:
+    from omnidlm.sampling.omni import model_image_size
+
+    return model_image_size(model)
+
+
+def test_bad_images_and_sizes_are_clear_400s(served):
+    _, client, _ = served
+    with pytest.raises(openai.BadRequestError, match="not a readable"):
+        client.chat.completions.create(model="m", messages=[{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(b"nope").decode()}}]}])
+    bomb = Image.new("L", (1024, 1024))
+    buffer = io.BytesIO()
+    bomb.save(buffer, format="PNG")
+    with pytest.raises(openai.BadRequestError, match="above the limit"):
+        client.chat.completions.create(model="m", messages=[{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()}}]}])
+    with pytest.raises(openai.BadRequestError, match="size"):
+        client.images.generate(model="m", prompt="a handwritten digit 1", size="1024x1024")
+    with pytest.raises(openai.UnprocessableEntityError, match="prompt"):
+        client.images.generate(model="m", prompt="")
