@@ -4,6 +4,7 @@ estimate used for multiple-choice evaluation.
 Each sample masks exactly k of the L answer tokens, k stratified over a batch
 (k_i = round(linspace(k0, k0 + (b-1) L / b, b)) wrapped into [1, L]), and scores
 CE(masked tokens) / (k / L); the prompt is never masked. The estimate is minus the mean loss.
+A block-diffusion model (config attention "block") is scored under its block-causal mask.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..sampling.reference import guided_logits
+from ..sequence.masks import block_causal_mask
 
 
 def stratified_mask(batch: int, answer_len: int, prompt_len: int, generator=None, device=None):
@@ -39,11 +41,15 @@ def loglikelihood(model, prompt_ids, answer_ids, mc_num: int = 128, batch_size: 
     seq = seq.to(model.device)  # (b, P + L)
     prompt_index = torch.zeros_like(seq, dtype=torch.bool)
     prompt_index[:, : len(prompt)] = True
+    cfg = model.config
+    mask = None
+    if cfg.attention == "block":
+        mask = block_causal_mask(seq.shape[1], cfg.block_size, seq.device)[None, None].expand(batch_size, -1, -1, -1)
     losses = []
     for _ in range(mc_num // batch_size):
         is_masked, frac = stratified_mask(batch_size, len(answer_ids), len(prompt), generator, seq.device)
         noisy = seq.masked_fill(is_masked, mask_id)
-        logits = guided_logits(model, noisy, None, prompt_index, cfg_scale, mask_id)
+        logits = guided_logits(model, noisy, mask, prompt_index, cfg_scale, mask_id)
         ce = F.cross_entropy(logits[is_masked], seq[is_masked], reduction="none")  # (n_masked,)
         weight = frac[:, None].expand_as(is_masked)[is_masked]
         losses.append(float((ce / weight).sum()) / batch_size)

@@ -1,0 +1,80 @@
+"""An `lm-eval` (EleutherAI lm-evaluation-harness) model adapter, registered as `omnidlm`.
+
+- `loglikelihood`: the Monte Carlo ELBO of the continuation given the context
+  (`omnidlm.eval.likelihood`, the LLaDA estimator); `is_greedy` is not defined for a diffusion
+  model and is reported False.
+- `loglikelihood_rolling`: the ELBO of the whole text given nothing.
+- `generate_until`: the batched inference engine (threshold decoding, exact or approximate cache),
+  cut at the first stop string.
+
+Importing this module registers the model; this module is also a drop-in for lm-eval's CLI:
+
+    python -m omnidlm.eval.lm_eval_adapter --model omnidlm --model_args pretrained=PATH --tasks gsm8k
+"""
+
+from __future__ import annotations
+
+import torch
+from lm_eval.api.model import LM
+from lm_eval.api.registry import register_model
+
+from ..sampling.engine import SamplingConfig, generate
+from ..sampling.policies import Threshold
+from ..sequence.tokenizer import Tokenizer
+from .likelihood import loglikelihood
+
+
+@register_model("omnidlm")
+class OmnidlmLM(LM):
+    def __init__(self, pretrained: str, mc_num: int = 64, mc_batch: int = 16, max_gen_toks: int = 256,
+                 threshold: float = 0.9, chat: bool = False, device: str = "cpu", batch_size: int = 8, **_):
+        super().__init__()
+        from .. import load
+
+        self.model = load(pretrained, device=device)
+        self.tokenizer = Tokenizer.from_file(pretrained)
+        self.mc_num, self.mc_batch, self.max_gen_toks = int(mc_num), int(mc_batch), int(max_gen_toks)
+        self.threshold, self.chat, self.batch = float(threshold), bool(chat), int(batch_size)
+
+    def _encode_context(self, text: str) -> list[int]:
+        if self.chat:
+            return self.tokenizer.encode_chat([{"role": "user", "content": text}])
+        return self.tokenizer.encode(text)
+
+    def loglikelihood(self, requests) -> list[tuple[float, bool]]:
+        out = []
+        generator = torch.Generator().manual_seed(0)
+        for request in requests:
+            context, continuation = request.args
+            answer = self.tokenizer.encode(continuation)
+            ll = loglikelihood(self.model, self._encode_context(context), answer, mc_num=self.mc_num,
+                               batch_size=self.mc_batch, generator=generator) if answer else 0.0
+            out.append((ll, False))
+        return out
+
+    def loglikelihood_rolling(self, requests) -> list[float]:
+        generator = torch.Generator().manual_seed(0)
+        return [loglikelihood(self.model, [], self.tokenizer.encode(r.args[0]), mc_num=self.mc_num,
+                              batch_size=self.mc_batch, generator=generator) for r in requests]
+
+    def generate_until(self, requests) -> list[str]:
+        cfg = self.model.config
+        cache = "exact" if cfg.attention == "block" else "approx"
+        prompts = [self._encode_context(r.args[0]) for r in requests]
+        stops = [r.args[1].get("until", []) or [] for r in requests]
+        limits = [int(r.args[1].get("max_gen_toks", self.max_gen_toks)) for r in requests]
+        config = SamplingConfig(max_new_tokens=max(limits), cache=cache,
+                                policy=Threshold(self.threshold, cfg.block_size))
+        results = generate(self.model, prompts, config, max_batch=self.batch)
+        return [self._cut(res.tokens, until) for res, until in zip(results, stops)]
+
+    def _cut(self, tokens: list[int], until: list[str]) -> str:
+        text = self.tokenizer.decode([t for t in tokens if t != self.model.config.eos_id])
+        cuts = [text.find(s) for s in until if s and s in text]
+        return text[: min(cuts)] if cuts else text
+
+
+if __name__ == "__main__":
+    from lm_eval.__main__ import cli_evaluate
+
+    cli_evaluate()
