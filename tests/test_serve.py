@@ -3,6 +3,7 @@ on loopback with the shipped text model; errors; a bounded load test."""
 
 import asyncio
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -122,3 +123,34 @@ def test_bench_serve_reports_every_concurrency_level(tmp_path):
     rows = json.loads(out.read_text())["serve_rows"]
     assert [r["concurrency"] for r in rows] == [1, 4, 16]
     assert all(r["ok"] == 4 and r["tokens_per_s"] > 0 for r in rows)
+
+
+def test_timeout_and_body_limit():
+    model, tokenizer = omnidlm.load(MODEL), Tokenizer.from_file(MODEL)
+    server, url = start(create_app(model, tokenizer, "t", limits=Limits(timeout_s=0.05, max_body_bytes=10_000)))
+    try:
+        slow = {"messages": task()[0], "max_tokens": 140, "threshold": 1.0}  # one token per step
+        r = httpx.post(url + "/v1/chat/completions", json=slow, timeout=60)
+        assert r.status_code == 504 and "timed out" in r.json()["error"]["message"]
+        big = httpx.post(url + "/v1/completions", content=b"x" * 20_000, headers={"content-type": "application/json"})
+        assert big.status_code == 413 and "exceeds" in big.json()["error"]["message"]
+    finally:
+        server.should_exit = True
+
+
+def test_client_that_goes_away_is_cancelled_and_frees_its_row():
+    model, tokenizer = omnidlm.load(MODEL), Tokenizer.from_file(MODEL)
+    app = create_app(model, tokenizer, "t", max_batch=2)
+    server, url = start(app)
+    scheduler = app.state.scheduler
+    try:
+        slow = {"messages": task()[0], "max_tokens": 140, "threshold": 1.0, "n": 2}  # one token per step
+        with pytest.raises(httpx.ReadTimeout):  # the client gives up after 0.2 s and disconnects
+            httpx.post(url + "/v1/chat/completions", json=slow, timeout=0.2)
+        deadline = time.time() + 10
+        while scheduler.outstanding and time.time() < deadline:
+            time.sleep(0.05)
+        assert scheduler.outstanding == 0 and scheduler.cancelled == 2
+        assert "omnidlm_requests_cancelled_total 2" in httpx.get(url + "/metrics").text
+    finally:
+        server.should_exit = True

@@ -74,13 +74,23 @@ def install_error_handlers(app: FastAPI, metrics: Metrics, limits: Limits) -> No
         metrics.count(request.url.path, 422)
         return JSONResponse(error_body(422, f"{field}: {first['msg']}" if field else first["msg"], field), 422)
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        size = request.headers.get("content-length")
-        if size is not None and size.isdigit() and int(size) > limits.max_body_bytes:
-            message = f"request body of {size} bytes exceeds the limit of {limits.max_body_bytes}"
-            return JSONResponse(error_body(413, message), 413)
-        return await call_next(request)
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+
+
+class BodyLimit:
+    """413 for a declared body above the limit, before it is read. A plain ASGI middleware:
+    Starlette's BaseHTTPMiddleware would hide client disconnects from the routes."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        size = dict(scope.get("headers", [])).get(b"content-length", b"") if scope["type"] == "http" else b""
+        if size.isdigit() and int(size) > self.max_bytes:
+            message = f"request body of {int(size)} bytes exceeds the limit of {self.max_bytes}"
+            await JSONResponse(error_body(413, message), 413)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 class Server:
@@ -104,6 +114,7 @@ class Server:
     def refresh_metrics(self) -> None:
         self.metrics.queue_depth = self.scheduler.queue_depth
         self.metrics.tokens_generated = self.scheduler.tokens_generated
+        self.metrics.requests_cancelled = self.scheduler.cancelled
 
     def chat_prompt(self, body: ChatRequest) -> list[int]:
         messages = []
@@ -144,15 +155,13 @@ class Server:
                 async for tokens, result in ticket.events():
                     text, stopped = self.text(tokens, stops)
                     if stopped:
-                        self.scheduler.cancel(ticket)
                         return text, "stop", len(tokens)
                     if result is not None:
                         return text, "stop" if result.finish_reason == "eos" else "length", len(tokens)
         except TimeoutError:
-            self.scheduler.cancel(ticket)
             raise APIError(504, f"request timed out after {self.limits.timeout_s} s") from None
         finally:
-            self.scheduler.cancel(ticket)  # a client that went away frees its slot
+            self.scheduler.cancel(ticket)  # stopped, timed out or abandoned: free the row
         raise APIError(500, "the engine ended the request without a result")
 
     async def stream(self, ids, settings, stops, make_chunk):
@@ -200,16 +209,16 @@ def install_common_routes(app: FastAPI, name: str, metrics: Metrics, refresh=lam
 
 def install_text_routes(app: FastAPI, server: Server) -> None:
     @app.post("/v1/chat/completions")
-    async def chat(body: ChatRequest):
+    async def chat(body: ChatRequest, request: Request):
         ids = server.chat_prompt(body)
         settings = server.settings(body, len(ids))
-        return await respond(server, "chat.completion", ids, settings, body, "/v1/chat/completions")
+        return await respond(server, "chat.completion", ids, settings, body, request)
 
     @app.post("/v1/completions")
-    async def completions(body: CompletionRequest):
+    async def completions(body: CompletionRequest, request: Request):
         ids = server.tokenizer.encode(body.prompt)
         settings = server.settings(body, len(ids))
-        return await respond(server, "text_completion", ids, settings, body, "/v1/completions")
+        return await respond(server, "text_completion", ids, settings, body, request)
 
     @app.post("/v1/images/generations")
     async def images(body: ImageRequest):
@@ -220,7 +229,17 @@ def install_text_routes(app: FastAPI, server: Server) -> None:
         raise APIError(400, f"model {server.name!r} has no image generator", "model")
 
 
-async def respond(server: Server, kind: str, ids, settings, body, route: str):
+async def cancel_on_disconnect(request: Request, work: asyncio.Future, every_s: float = 0.25) -> None:
+    """Cancel `work` when the client goes away (its rows are then freed by `Server.complete`)."""
+    while not work.done():
+        if await request.is_disconnected():
+            work.cancel()
+            return
+        await asyncio.sleep(every_s)
+
+
+async def respond(server: Server, kind: str, ids, settings, body, request: Request):
+    route = request.url.path
     server.check_prompt(ids, settings)
     stops = stop_strings(body.stop)
     rid, created = f"omnidlm-{uuid.uuid4().hex[:12]}", int(time.time())
@@ -233,7 +252,16 @@ async def respond(server: Server, kind: str, ids, settings, body, route: str):
             return {"id": rid, "object": f"{kind}.chunk" if chat else kind, "created": created,
                     "model": server.name, "choices": [choice]}
         return StreamingResponse(server.stream(ids, settings, stops, chunk), media_type="text/event-stream")
-    outputs = await asyncio.gather(*[server.complete(ids, settings, stops) for _ in range(body.n)])
+    work = asyncio.ensure_future(asyncio.gather(*[server.complete(ids, settings, stops) for _ in range(body.n)]))
+    watcher = asyncio.create_task(cancel_on_disconnect(request, work))
+    try:
+        outputs = await work
+    except asyncio.CancelledError:
+        if asyncio.current_task().cancelling():  # this handler itself is being cancelled
+            raise
+        return JSONResponse(error_body(499, "client closed the request"), 499)  # nobody is listening
+    finally:
+        watcher.cancel()
     choices = [{"index": i, "finish_reason": reason,
                 **({"message": {"role": "assistant", "content": text}} if chat else {"text": text})}
                for i, (text, reason, _) in enumerate(outputs)]

@@ -11,6 +11,7 @@ class Metrics:
     started: float = field(default_factory=time.monotonic)
     requests: dict[str, int] = field(default_factory=dict)  # by route and status
     tokens_generated: int = 0
+    requests_cancelled: int = 0
     queue_depth: int = 0
     active_rows: int = 0
 
@@ -25,6 +26,8 @@ class Metrics:
         lines += [
             "# TYPE omnidlm_tokens_generated_total counter",
             f"omnidlm_tokens_generated_total {self.tokens_generated}",
+            "# TYPE omnidlm_requests_cancelled_total counter",
+            f"omnidlm_requests_cancelled_total {self.requests_cancelled}",
             "# TYPE omnidlm_tokens_per_second gauge",
             f"omnidlm_tokens_per_second {self.tokens_generated / uptime:.3f}",
             "# TYPE omnidlm_queue_depth gauge",

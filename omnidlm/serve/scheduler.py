@@ -78,6 +78,7 @@ class Scheduler:
         self.inbox: queue.Queue = queue.Queue()
         self.ids = itertools.count()
         self.tokens_generated = 0
+        self.cancelled = 0  # requests dropped while queued or decoding (client gone, stop, timeout)
         self.worker = threading.Thread(target=self._run, name="omnidlm-engine", daemon=True)
         self.worker.start()
 
@@ -126,8 +127,8 @@ class Scheduler:
     def _handle(self, kind, request_id, prompt_ids, settings) -> None:
         if kind == "cancel":
             owner = self.owner.pop(request_id, None)
-            if owner is not None:
-                self.engines[owner].cancel(request_id)
+            if owner is not None and self.engines[owner].cancel(request_id):
+                self.cancelled += 1
             self._finish(request_id, [], Result(request_id, [], 0, "cancelled"))
             return
         if settings not in self.engines:
