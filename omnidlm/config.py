@@ -13,6 +13,15 @@ import dataclasses
 from dataclasses import dataclass, field
 
 
+def build_dataclass(cls, data: dict, what: str):
+    """`cls(**data)`, but an unknown field is a ValueError naming it and the valid ones."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"unknown {what} field(s) {unknown}; valid fields: {sorted(names)}")
+    return cls(**data)
+
+
 @dataclass
 class ModelConfig:
     """Shapes and special ids of a bidirectional Transformer (dense or Mixture-of-Experts)."""
@@ -112,11 +121,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":
         """Build from a dict of our field names; an unknown field is an error that names it."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"unknown config field(s) {unknown}; valid fields: {sorted(names)}")
-        return cls(**data)
+        return build_dataclass(cls, data, "config")
 
     def replace(self, **changes) -> "ModelConfig":
         return dataclasses.replace(self, **changes)

@@ -83,21 +83,22 @@ def shard(tensors: dict[str, torch.Tensor], max_shard_bytes: int) -> list[dict[s
     return shards
 
 
-def write_weights(directory: Path, tensors: dict[str, torch.Tensor], max_shard_bytes: int | None) -> None:
-    """Write tensors as one `model.safetensors`, or as shards plus an index when they exceed the size."""
+def write_weights(directory: Path, tensors: dict[str, torch.Tensor], max_shard_bytes: int | None,
+                  stem: str = "model") -> None:
+    """Write tensors as one `{stem}.safetensors`, or as shards plus `{stem}.safetensors.index.json`."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     shards = shard(tensors, max_shard_bytes) if max_shard_bytes else [tensors]
     if len(shards) == 1:
-        save_file(shards[0], directory / SINGLE, metadata={"format": "pt"})
+        save_file(shards[0], directory / f"{stem}.safetensors", metadata={"format": "pt"})
         return
     weight_map, total = {}, 0
     for i, part in enumerate(shards):
-        name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        name = f"{stem}-{i + 1:05d}-of-{len(shards):05d}.safetensors"
         save_file(part, directory / name, metadata={"format": "pt"})
         weight_map.update({key: name for key in part})
         total += sum(t.numel() * t.element_size() for t in part.values())
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    (directory / INDEX).write_text(json.dumps(index, indent=2))
+    (directory / f"{stem}.safetensors.index.json").write_text(json.dumps(index, indent=2))
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -39,7 +39,7 @@ from ..models.latents import FLUX_VAE
 from ..models.lladao import LLaDAO, LLaDAOConfig
 from ..models.vision import SIGLIP_SO400M
 from . import rules as R
-from .io import TensorSource, atomic_directory, shard, write_json
+from .io import TensorSource, atomic_directory, write_json, write_weights
 from .llada import LLAMA_NAMES, _layer_rules, llama_config, llama_config_json
 
 LLM_CONFIG, VIT_CONFIG, AE, AE_CONFIG = "llm_config.json", "vit_config.json", "ae.safetensors", "ae_config.json"
@@ -291,20 +291,6 @@ def load_lladao(path: str | Path, device=None, dtype: torch.dtype | None = None,
     return model
 
 
-def _write_ema(directory: Path, tensors: dict[str, torch.Tensor], max_shard_bytes: int | None) -> None:
-    shards = shard(tensors, max_shard_bytes) if max_shard_bytes else [tensors]
-    if len(shards) == 1:
-        save_file(shards[0], directory / EMA, metadata={"format": "pt"})
-        return
-    weight_map, total = {}, 0
-    for i, part in enumerate(shards):
-        name = f"ema-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-        save_file(part, directory / name, metadata={"format": "pt"})
-        weight_map.update({key: name for key in part})
-        total += sum(t.numel() * t.element_size() for t in part.values())
-    write_json(directory / EMA_INDEX, {"metadata": {"total_size": total}, "weight_map": weight_map})
-
-
 def llm_config_json(cfg: ModelConfig, generation: bool) -> dict:
     layer = "LLaDAMoTDecoderLayer" if generation else "LLaDADecoderLayer"
     return {**llama_config_json(cfg), "qk_norm": cfg.qk_norm, "layer_module": layer}
@@ -315,7 +301,7 @@ def save_lladao(model: LLaDAO, path: str | Path, max_shard_bytes: int | None = N
     cfg, state = model.config, {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     ema = R.write(ema_rules(model, list(state)), state)
     with atomic_directory(path, overwrite) as tmp:
-        _write_ema(tmp, ema, max_shard_bytes)
+        write_weights(tmp, ema, max_shard_bytes, stem="ema")
         write_json(tmp / LLM_CONFIG, llm_config_json(cfg.llm, cfg.generation))
         if cfg.vit is not None:
             write_json(tmp / VIT_CONFIG, dict(cfg.vit))

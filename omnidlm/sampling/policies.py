@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .reference import sample_tokens, transfer_schedule
+from .reference import sample_tokens
 
 POLICIES = ("fixed", "threshold", "factor")
 

@@ -14,7 +14,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
-from ..config import ModelConfig
+from ..config import ModelConfig, build_dataclass
 from ..data.char_tokenizer import build_char_tokenizer, special_ids
 
 OBJECTIVES = ("bdlm", "sft", "pretrain", "lladao")
@@ -93,11 +93,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"unknown train field(s) {unknown}; valid fields: {sorted(names)}")
-        return cls(**data)
+        return build_dataclass(cls, data, "train")
 
 
 # Fields that say how a run executes, not what it computes: they may change across a resume.
