@@ -114,3 +114,34 @@ def test_tiny_recipe_runs_saves_and_loads(tmp_path):
     assert loaded.config.vae["scaling_factor"] == pytest.approx(model.config.vae["scaling_factor"])
     for name, t in model.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[name], t, msg=name)
+
+
+def test_affine_augment_identity_and_background():
+    g = torch.Generator().manual_seed(0)
+    px = torch.rand(3, 16, 16, generator=g) * 2 - 1
+    same = OB.affine_image(px, random.Random(0), 0.0, 0.0, 0.0)  # no rotation, zoom or shift
+    assert torch.allclose(same, px, atol=1e-5)
+    out = OB.affine_image(torch.full((3, 16, 16), -1.0), random.Random(1))  # black stays black
+    assert out.shape == (3, 16, 16) and torch.allclose(out, torch.full_like(out, -1.0), atol=1e-5)
+
+
+def test_batched_vit_embedding_matches_one_image_at_a_time(tiny):
+    _, model = tiny
+    g = torch.Generator().manual_seed(2)
+    images = [torch.rand(3, 16, 16, generator=g) * 2 - 1 for _ in range(3)] + [torch.rand(3, 8, 8, generator=g)]
+    together = model.embed_images(images)  # two sizes: grouped by shape, order kept
+    for img, emb in zip(images, together):
+        assert torch.allclose(model.embed_images([img])[0], emb, atol=1e-5)
+
+
+def test_recipe_vision_lr_and_understanding_warmup():
+    cfg = dataclasses.replace(O.digits_lladao_tiny(), vision_lr_mult=3.0, und_warmup=2, gen_fraction=0.5)
+    model = O.LLaDAO(O.model_config(cfg))
+    opt = O._optimizer(model, cfg)
+    vision = {id(p) for n, p in model.named_parameters() if n.startswith(("vit.", "connector."))}
+    for group in opt.param_groups:
+        assert group["lr_mult"] == (3.0 if id(group["params"][0]) in vision else 1.0)
+        assert all((id(p) in vision) == (group["lr_mult"] == 3.0) for p in group["params"])
+    pixels, latents = torch.rand(6, 3, 16, 16) * 2 - 1, torch.randn(6, 4, 8, 8)
+    data = O.DigitsOmniData(cfg, pixels, [0, 1, 2, 3, 4, 5], latents, CODEC)
+    assert len(data.batch(0).targets) == 0 and len(data.batch(2).targets) == round(cfg.batch_size * 0.5)

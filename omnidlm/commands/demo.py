@@ -13,7 +13,6 @@ SVC trained on the real digits, answer-length error, seconds per answer and per 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +55,10 @@ def unmasking_frames(image: np.ndarray, question: str, history: list[list[int]],
 
     digit = Image.fromarray((np.clip(image, 0, 1) * 255).astype(np.uint8), mode="L").resize((96, 96), Image.NEAREST)
     frames = []
-    for step, ids in enumerate(history):
+    # the start state (every answer position masked) first: a confident model may settle the whole
+    # answer in one iteration, and the animation should still show masks turning into text
+    start = [[mask_id] * len(history[0])] if history else []
+    for step, ids in enumerate(start + history, start=-len(start)):
         shown = "".join("_" if t == mask_id else ("." if t == eos_id else tokenizer.decode([t])) for t in ids)
         frame = Image.new("L", (420, 112), 0)
         frame.paste(digit, (8, 8))
@@ -65,7 +67,7 @@ def unmasking_frames(image: np.ndarray, question: str, history: list[list[int]],
         lines = [shown[i: i + width] for i in range(0, len(shown), width)] or [""]
         for k, line in enumerate(lines[:5]):
             draw.text((112, 30 + 14 * k), ("A: " if k == 0 else "   ") + line, fill=255)
-        draw.text((112, 98), f"iteration {step + 1}/{len(history)}", fill=160)
+        draw.text((112, 98), f"iteration {step + 1}/{len(history)}" if step >= 0 else "start: all masked", fill=160)
         frames.append(frame)
     return frames
 

@@ -140,6 +140,25 @@ def shift_image(pixels: torch.Tensor, rng: random.Random, max_shift: int = 1) ->
     return out
 
 
+def affine_image(pixels: torch.Tensor, rng: random.Random, degrees: float = 10.0, scale: float = 0.1,
+                 translate: float = 1.0) -> torch.Tensor:
+    """Augmentation: a random rotation (+-degrees), zoom (1 +- scale) and translation (+-translate
+    pixels) of (3, H, W) in [-1, 1], bilinear, filling with black (-1)."""
+    import math
+
+    import torch.nn.functional as F
+
+    H, W = pixels.shape[-2:]
+    a = math.radians(rng.uniform(-degrees, degrees))
+    z = 1.0 / rng.uniform(1 - scale, 1 + scale)
+    tx, ty = (rng.uniform(-translate, translate) * 2 / W, rng.uniform(-translate, translate) * 2 / H)
+    theta = torch.tensor([[z * math.cos(a), -z * math.sin(a), tx], [z * math.sin(a), z * math.cos(a), ty]],
+                         dtype=pixels.dtype)
+    grid = F.affine_grid(theta[None], [1, *pixels.shape], align_corners=False)
+    out = F.grid_sample(pixels[None] + 1, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out[0] - 1
+
+
 @dataclass
 class Batch:
     """A packed batch: per-row token ids and the layout, images in layout order, training targets."""

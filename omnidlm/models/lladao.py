@@ -151,15 +151,21 @@ class LLaDAO(nn.Module):
         """ViT images (3, H, W) -> backbone embeddings (h w, D) each, connector and 2D positions added."""
         if not self.can_see:
             raise ValueError("this model has no vision encoder, but the input holds ViT images")
-        out = []
-        for img in images:
-            feats = self.vit(img[None])[0]  # (h w, Dv)
+        # images of one size go through the ViT as one batch (a training batch holds many digits)
+        groups: dict[tuple, list[int]] = {}
+        for i, img in enumerate(images):
+            groups.setdefault(tuple(img.shape), []).append(i)
+        out: list[torch.Tensor | None] = [None] * len(images)
+        for shape, idx in groups.items():
+            feats = self.vit(torch.stack([images[i] for i in idx]))  # (n, h w, Dv)
             if self.config.projector == "mlp2x_gelu":
-                out.append(self.mm_projector(feats))
-                continue
-            h, w = self.vit.grid(img.shape[-2], img.shape[-1])
-            ids = flat_position_ids(h, w, self.config.vit_max_patches_per_side, img.device)
-            out.append(self.connector(feats) + self.vit_pos_embed(ids))  # (h w, D)
+                emb = self.mm_projector(feats)
+            else:
+                h, w = self.vit.grid(shape[-2], shape[-1])
+                ids = flat_position_ids(h, w, self.config.vit_max_patches_per_side, feats.device)
+                emb = self.connector(feats) + self.vit_pos_embed(ids)[None]  # (n, h w, D)
+            for j, i in enumerate(idx):
+                out[i] = emb[j]
         return out
 
     def embed_latents(self, latents: list[torch.Tensor], t: torch.Tensor) -> list[torch.Tensor]:

@@ -16,7 +16,6 @@ of accumulation steps does not change them. Checkpoints and metrics go to the ru
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import random
 import shutil
