@@ -14,6 +14,16 @@ def pytest_configure(config):
     torch.set_num_threads(1)  # the CI machine has 2 cores shared with other work; 1 thread is faster here
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and far more steadily on a shared machine; a test
+    that changes the thread count (a training recipe, say) does not leak it into the next."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def llada_tiny():
     import omnidlm

@@ -19,14 +19,6 @@ from omnidlm.sequence.masks import block_causal_mask
 V, MASK, EOS = 12, 10, 11
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and far more steadily on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def prompts(n, vocab, seed, max_len=30):
     g = torch.Generator().manual_seed(seed)

@@ -10,13 +10,6 @@ from omnidlm.cli import main
 from omnidlm.sampling.reference import generate_llada2
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def run_cli(capsys, *argv):
     code = main([str(a) for a in argv])
