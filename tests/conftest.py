@@ -38,5 +38,22 @@ def llada2_tiny():
     return omnidlm.load(FIXTURES / "llada2-moe-tiny", mask_id=LLADA2_MASK_ID)
 
 
+def tensors_of(directory: Path, pattern: str = "*.safetensors") -> dict:
+    """Every tensor in the safetensors files of a checkpoint directory."""
+    from safetensors.torch import load_file
+
+    out = {}
+    for f in sorted(directory.glob(pattern)):
+        out.update(load_file(f))
+    return out
+
+
+def same_tensors(a: dict, b: dict) -> None:
+    """The same names, dtypes and values, bit for bit."""
+    assert sorted(a) == sorted(b)
+    for k in a:
+        assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k
+
+
 def reference(name: str) -> dict:
     return json.loads((FIXTURES / name / "reference.json").read_text())

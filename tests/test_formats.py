@@ -9,21 +9,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import omnidlm
-from conftest import FIXTURES, LLADA2_MASK_ID
+from conftest import FIXTURES, LLADA2_MASK_ID, same_tensors, tensors_of
 from omnidlm.formats import io as fio
 
 
-def tensors_of(directory):
-    out = {}
-    for f in sorted(directory.glob("*.safetensors")):
-        out.update(load_file(f))
-    return out
 
 
-def same_tensors(a, b):
-    assert sorted(a) == sorted(b)
-    for k in a:
-        assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k
 
 
 @pytest.mark.parametrize("src, via, kw", [

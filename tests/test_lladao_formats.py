@@ -9,22 +9,14 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from conftest import same_tensors, tensors_of
 from omnidlm.formats import lladao as F
 from omnidlm.models.lladao import LLaDAO, lladao_preset
 from omnidlm.sequence.segments import pack, text, vae_image, vit_image
 
 
-def tensors_of(directory, pattern):
-    out = {}
-    for f in sorted(directory.glob(pattern)):
-        out.update(load_file(f))
-    return out
 
 
-def same(a, b):
-    assert sorted(a) == sorted(b)
-    for k in a:
-        assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k
 
 
 @pytest.fixture(scope="module")
@@ -68,13 +60,13 @@ def test_round_trip_is_bit_exact(omni, saved, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no unused tensor
         model = F.load_lladao(saved)
-    same(omni.state_dict(), model.state_dict())
+    same_tensors(omni.state_dict(), model.state_dict())
     F.save_lladao(model, tmp_path / "sharded", max_shard_bytes=100_000)
     assert (tmp_path / "sharded" / F.EMA_INDEX).is_file()
     again = F.load_lladao(tmp_path / "sharded")
     F.save_lladao(again, tmp_path / "back")
-    same(tensors_of(saved, "ema.safetensors"), tensors_of(tmp_path / "back", "ema.safetensors"))
-    same(tensors_of(saved, "ae.safetensors"), tensors_of(tmp_path / "back", "ae.safetensors"))
+    same_tensors(tensors_of(saved, "ema.safetensors"), tensors_of(tmp_path / "back", "ema.safetensors"))
+    same_tensors(tensors_of(saved, "ae.safetensors"), tensors_of(tmp_path / "back", "ae.safetensors"))
     assert model.config.max_latent_size == 8 and model.config.vit_max_patches_per_side == 4
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..config import ModelConfig, preset
+from ..config import ModelConfig, build_dataclass, preset
 from ..sequence.segments import TEXT, VAE, VIT, Layout
 from .latents import TINY_VAE, PositionEmbedding, TimestepEmbedder, build_vae, flat_position_ids, patchify, unpatchify
 from .mot import MoTBackbone
@@ -72,11 +72,7 @@ class LLaDAOConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "LLaDAOConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"unknown LLaDA-o config field(s) {unknown}; valid fields: {sorted(names)}")
-        return cls(**{**data, "llm": ModelConfig.from_dict(data["llm"])})
+        return build_dataclass(cls, {**data, "llm": ModelConfig.from_dict(data["llm"])}, "LLaDA-o config")
 
 
 LLADAO_PRESETS: dict[str, dict] = {
