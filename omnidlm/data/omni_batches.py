@@ -146,17 +146,16 @@ def affine_image(pixels: torch.Tensor, rng: random.Random, degrees: float = 10.0
     pixels) of (3, H, W) in [-1, 1], bilinear, filling with black (-1)."""
     import math
 
-    import torch.nn.functional as F
+    from .augment import affine_warp
 
     H, W = pixels.shape[-2:]
-    a = math.radians(rng.uniform(-degrees, degrees))
-    z = 1.0 / rng.uniform(1 - scale, 1 + scale)
-    tx, ty = (rng.uniform(-translate, translate) * 2 / W, rng.uniform(-translate, translate) * 2 / H)
-    theta = torch.tensor([[z * math.cos(a), -z * math.sin(a), tx], [z * math.sin(a), z * math.cos(a), ty]],
-                         dtype=pixels.dtype)
-    grid = F.affine_grid(theta[None], [1, *pixels.shape], align_corners=False)
-    out = F.grid_sample(pixels[None] + 1, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return out[0] - 1
+
+    def one(value: float) -> torch.Tensor:
+        return torch.tensor([value], dtype=torch.float32)
+
+    angle, zoom = math.radians(rng.uniform(-degrees, degrees)), 1.0 / rng.uniform(1 - scale, 1 + scale)
+    tx, ty = rng.uniform(-translate, translate) * 2 / W, rng.uniform(-translate, translate) * 2 / H
+    return affine_warp(pixels[None], one(angle), one(zoom), one(tx), one(ty))[0]
 
 
 @dataclass
