@@ -7,6 +7,13 @@ and scaled by `routed_scaling_factor`. Shared experts see every token.
 
 Dispatch sorts the (token, expert) pairs by expert and runs one matmul per expert over its
 contiguous slice: a loop over experts, never over tokens.
+
+Auxiliary-loss-free load balancing: training forwards add their tokens-per-expert counts to
+`MoE.load_accum`; after each optimiser step the trainer calls `update_expert_bias(model, rate)`,
+which nudges every router's `expert_bias` against its observed load and resets the counts.
+
+    loss.backward(); optimizer.step()
+    stats = update_expert_bias(model, rate=1e-3)   # {"layers.1.mlp": {"max_min_ratio": .., "cv": ..}}
 """
 
 from __future__ import annotations
@@ -87,11 +94,81 @@ class MoE(nn.Module):
         shared = cfg.moe_intermediate_size * cfg.n_shared_experts
         self.shared = SwiGLU(cfg.hidden_size, shared, cfg.bias) if shared else None
         self.last_expert_load: torch.Tensor | None = None  # tokens per expert, last forward
+        # tokens per expert summed over training forwards since the last bias update (E,)
+        self.load_accum: torch.Tensor | None = None
 
     def forward(self, x_BLD: torch.Tensor) -> torch.Tensor:
         x_TD = x_BLD.reshape(-1, x_BLD.shape[-1])
         idx, weights = self.router(x_TD)
         load = torch.bincount(idx.reshape(-1), minlength=self.router.weight.shape[0])
         self.last_expert_load = load
+        if self.training:  # a checkpointed layer counts twice; harmless, the update uses fractions
+            self.load_accum = load if self.load_accum is None else self.load_accum + load
         y = self.experts(x_TD, idx, weights, load.tolist()).view_as(x_BLD)
         return y + self.shared(x_BLD) if self.shared is not None else y
+
+
+# --- auxiliary-loss-free load balancing (REFERENCE.md §4) ------------------------------------------
+
+
+def _moe_layers(model: nn.Module) -> list[tuple[str, MoE]]:
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, MoE)]
+
+
+def _load_stats(counts_E: torch.Tensor) -> dict:
+    """Fractions of routed assignments per expert, max/min ratio and coefficient of variation."""
+    frac = counts_E.double() / counts_E.sum().clamp_min(1)  # (E,)
+    low = frac.min().item()
+    return {
+        "load": frac.tolist(),
+        "max_min_ratio": frac.max().item() / low if low > 0 else float("inf"),
+        "cv": (frac.std(unbiased=False) / frac.mean()).item(),
+        "assignments": int(counts_E.sum()),  # tokens x experts per token
+    }
+
+
+def expert_load(model: nn.Module) -> dict[str, dict]:
+    """Per MoE layer (by module name): load statistics of the counts accumulated since the last
+    update, or of the last forward when nothing was accumulated (e.g. in eval mode)."""
+    out = {}
+    for name, moe in _moe_layers(model):
+        counts = moe.load_accum if moe.load_accum is not None else moe.last_expert_load
+        if counts is not None:
+            out[name] = _load_stats(counts)
+    return out
+
+
+@torch.no_grad()
+def update_expert_bias(model: nn.Module, rate: float) -> dict[str, dict]:
+    """One balancing step per MoE layer, in place: b <- b - u * (F - Q) / rms(F - Q).
+
+    F is the observed load (fraction of the routed (token, expert) assignments each expert received
+    over the training forwards since the last call), Q = 1/E the uniform load, rms the root mean
+    square over experts, u = `rate`. REFERENCE.md writes `b_i += u (F_i - Q_i) / rms`; with our
+    router, which *adds* the bias to the scores for selection, that would make an overloaded
+    expert still more likely, so we subtract: an overloaded expert's bias goes down, an
+    underloaded one's goes up (DeepSeek-V3's rule, with the step scaled by the error instead of its
+    sign). The bias only affects selection, never the combine weights.
+
+    Under torch.distributed the counts are summed over processes first, so every rank applies the
+    same update. Layers with no accumulated counts are left alone. The counts are reset.
+    Keep `expert_bias` in float32 (`model.to(torch.bfloat16)` casts buffers too): update steps
+    of ~1e-3 on biases of order 1 round away in bfloat16.
+    Returns per-layer statistics of the load used (`load`, `max_min_ratio`, `cv`, `assignments`).
+    """
+    stats = {}
+    for name, moe in _moe_layers(model):
+        counts = moe.load_accum
+        if counts is None:
+            continue
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            counts = counts.clone()
+            torch.distributed.all_reduce(counts)
+        bias = moe.router.expert_bias
+        frac = counts.float() / counts.sum().clamp_min(1)  # F (E,)
+        err = frac - 1.0 / frac.numel()  # F - Q (E,)
+        rms = err.square().mean().sqrt().clamp_min(1e-12)
+        bias.sub_((rate * err / rms).to(device=bias.device, dtype=bias.dtype))
+        moe.load_accum = None
+        stats[name] = _load_stats(counts)
+    return stats
