@@ -63,6 +63,8 @@ class SamplingConfig:
         out = SamplingConfig(**{**self.__dict__})
         out.block_length = out.block_length or model_cfg.block_size
         out.attention = out.attention or model_cfg.attention
+        if out.sprint is not None and out.sprint.threshold is not None:  # SPRINT's own unmasking threshold
+            out.policy = Threshold(out.sprint.threshold, out.policy.steps)
         check_config(out)
         return out
 
@@ -318,6 +320,8 @@ class BatchEngine:
         masked = current == self.mask_id  # (n, bl)
         conf = torch.where(masked, conf, float("-inf"))
         minimum = step_minimum(self.schedule, step, masked.sum(1))
+        if cfg.sprint is not None:  # SPRINT accepts at least min_accept tokens per step
+            minimum = torch.maximum(minimum, masked.sum(1).clamp(max=cfg.sprint.min_accept))
         commit = cfg.policy.commit(conf, minimum) & masked
         return torch.where(commit, x0, current)
 

@@ -9,6 +9,9 @@ top-1 softmax confidence of the model at position i in the prefill forward. Text
 positions keep their own top fraction (`keep_text`, `keep_image`); the rest leave the cache, which
 is compacted, so every later step attends over fewer keys. Generated blocks are never pruned.
 
+Its unmasking is non-uniform: every masked position above SPRINT's own `threshold` is committed
+(the policy's threshold when None), and at least `min_accept` positions per step.
+
     cfg = SamplingConfig(cache="exact", sprint=Sprint(keep_text=0.5, warmup=2))
 """
 
@@ -27,11 +30,17 @@ class Sprint:
     keep_image: float = 0.3  # fraction of cached image prompt positions kept
     alpha: float = 0.5  # weight of the key norm against the confidence
     warmup: int = 1  # forwards of a request before its prefix is pruned
+    threshold: float | None = None  # commit every masked position above this (None: the policy's)
+    min_accept: int = 1  # commit at least this many positions per step
 
     def __post_init__(self):
         for name in ("keep_text", "keep_image", "alpha"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"Sprint.{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.threshold is not None and not 0 <= self.threshold <= 1:
+            raise ValueError(f"Sprint.threshold must be in [0, 1], got {self.threshold}")
+        if self.min_accept < 1:
+            raise ValueError(f"Sprint.min_accept must be at least 1, got {self.min_accept}")
         if self.warmup < 1:
             raise ValueError(f"Sprint.warmup must be at least 1 (the prefill), got {self.warmup}")
 
