@@ -1,6 +1,8 @@
-"""`omnidlm ask`: answer a question about an image with a LLaDA-o model.
+"""`omnidlm ask`: answer a question about an image with a LLaDA-o or LLaDA2.0-Uni model.
 
     omnidlm ask --model models/lladao-digits --image digit.png "What digit is shown?"
+    omnidlm ask --model models/uni-digits --image digit.png "What digit is shown?"
+    omnidlm ask --model models/uni-digits "Draw the digits 3 and 5." --out answer/   # Uni: images in answers
 
 The image is read with a pixel limit (decompression bombs), converted to grayscale and resized to
 the model's image size; a non-image or truncated file, an empty question or a model without a
@@ -36,6 +38,7 @@ def register(sub) -> None:
     p.add_argument("--threshold", type=float, default=0.95, help="commit tokens at least this confident")
     p.add_argument("--block-length", type=int, default=32)
     p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="refuse larger images")
+    p.add_argument("--out", default=None, help="Uni: directory for the images of an answer that draws")
     p.set_defaults(func=run)
 
 
@@ -43,10 +46,30 @@ def run(args) -> int:
     if not args.question.strip():
         raise ValueError("the question is empty")
     image = read_image(args.image, args.max_pixels) if args.image else None
+    from ..train.uni import is_uni_dir
+
+    if is_uni_dir(args.model):
+        return run_uni(args, image)
     from ..sampling.omni import understand
     from ..train.omni import load_omni
 
     model, tok = load_omni(args.model)
     answer = understand(model, tok, image, args.question, block_length=args.block_length, threshold=args.threshold)
     print(answer.text)
+    return 0
+
+
+def run_uni(args, image) -> int:
+    """A Uni answer may hold images (interleaved or thinking answers): they are written to --out."""
+    from ..sampling.uni import respond, sampling_config
+    from ..train.uni import load_uni_model
+    from .draw import save_png
+
+    model, tok = load_uni_model(args.model)
+    answer = respond(model, tok, args.question, image, config=sampling_config(threshold=args.threshold))
+    print(answer.text)
+    for i, img in enumerate(answer.images):
+        path = Path(args.out or ".") / f"answer_{i}.png"
+        save_png(img, path, scale=4)
+        print(path)
     return 0

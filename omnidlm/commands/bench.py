@@ -3,6 +3,7 @@
     omnidlm bench --model models/text-tiny
     omnidlm bench --model models/text-tiny --n 200 --sprint 0.75 --json bench.json
     omnidlm bench --model models/text-tiny --serve        # the HTTP server at 1, 4 and 16 clients
+    omnidlm bench --systems lladao,uni                    # LLaDA-o against LLaDA2.0-Uni on held-out digits
 
 Prints one table (policy x cache mode -> exact match, tokens per forward, tokens/s of non-EOS
 tokens, speedup over the reference row); with `--json FILE` also writes
@@ -18,7 +19,13 @@ from pathlib import Path
 
 def register(sub) -> None:
     p = sub.add_parser("bench", help="benchmark the inference engine against the reference sampler")
-    p.add_argument("--model", required=True, help="checkpoint directory with a tokenizer.json (e.g. models/text-tiny)")
+    p.add_argument("--model", default=None, help="checkpoint directory with a tokenizer.json (e.g. models/text-tiny)")
+    p.add_argument("--systems", default=None, metavar="LIST",
+                   help="compare omni systems on the held-out digits instead, e.g. lladao,uni "
+                        "(models from --lladao-model / --uni-model)")
+    p.add_argument("--lladao-model", default="models/lladao-digits")
+    p.add_argument("--uni-model", default="models/uni-digits")
+    p.add_argument("--per-digit", type=int, default=5, help="--systems: drawings per digit")
     p.add_argument("--n", type=int, default=100, help="held-out examples")
     p.add_argument("--max-new-tokens", type=int, default=96)
     p.add_argument("--threshold", type=float, default=0.9, help="tau of the threshold policy")
@@ -47,6 +54,10 @@ def run(args) -> int:
         raise ValueError(f"--n must be positive, got {args.n}")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.systems:
+        return run_systems(args)
+    if not args.model:
+        raise ValueError("--model is required (or --systems lladao,uni)")
     tokenizer = Tokenizer.from_file(args.model)
     model = load(args.model, device=args.device)
     if args.serve:
@@ -73,3 +84,27 @@ def run_serve(model, tokenizer, args) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({"serve_rows": rows, "model": str(args.model)}, indent=2))
     return 0
+
+
+def run_systems(args) -> int:
+    from ..eval.systems import SYSTEMS, compare_systems, format_systems
+
+    names = [s.strip() for s in args.systems.split(",") if s.strip()]
+    unknown = [s for s in names if s not in SYSTEMS]
+    if unknown or not names:
+        raise ValueError(f"--systems: unknown system(s) {unknown}; valid systems: {', '.join(SYSTEMS)}")
+    models = {"lladao": args.lladao_model, "uni": args.uni_model}
+    rows = compare_systems(names, models, n=args.n, per_digit=args.per_digit,
+                           progress=lambda m: print(m, file=sys.stderr))
+    print(f"held-out digits 1500-1796: {args.n} questions, {10 * args.per_digit} drawings per system, "
+          f"{torch_threads()} thread(s)")
+    print(format_systems(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"systems": rows}, indent=2, default=str))
+    return 0
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()

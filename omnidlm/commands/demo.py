@@ -3,11 +3,13 @@
     omnidlm demo                          # load models/lladao-digits, ~1 minute on a laptop CPU
     omnidlm demo --all                    # every held-out digit (1500-1796), 10 drawings per digit
     omnidlm demo --train                  # retrain the model first (recipe digits-lladao, <= 15 min)
+    omnidlm demo --system uni             # the same digits with LLaDA2.0-Uni (models/uni-digits)
 
 Writes into --out (default demo_out/): `drawings.png` (a grid, one column per digit),
 `unmasking.gif` and `unmasking.png` (one answer being unmasked step by step), `demo.json` (all the
 numbers and answers), and prints a table: held-out question accuracy, drawing accuracy judged by an
 SVC trained on the real digits, answer-length error, seconds per answer and per image.
+With `--system uni` it also edits held-out digits (`edits.png`) and reports the decoder's steps.
 """
 
 from __future__ import annotations
@@ -22,13 +24,17 @@ from .ask import DEFAULT_MODEL
 
 def register(sub) -> None:
     p = sub.add_parser("demo", help="the LLaDA-o digits demo: answer questions about digits, draw digits")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="a LLaDA-o digits model directory")
-    p.add_argument("--train", action="store_true", help="retrain the model (recipe digits-lladao) into --out/model")
+    p.add_argument("--system", choices=("lladao", "uni"), default="lladao",
+                   help="lladao: LLaDA-o (models/lladao-digits); uni: LLaDA2.0-Uni (models/uni-digits)")
+    p.add_argument("--model", default=None, help="a digits model directory (default: the system's shipped one)")
+    p.add_argument("--train", action="store_true",
+                   help="retrain the model (recipe digits-lladao or digits-uni) into --out/model")
     p.add_argument("--out", default="demo_out", help="output directory")
     p.add_argument("--questions", type=int, default=60, help="held-out digits asked (random subset, fixed seed)")
     p.add_argument("--per-digit", type=int, default=3, help="drawings per digit")
     p.add_argument("--all", action="store_true", help="every held-out digit and 10 drawings per digit")
-    p.add_argument("--steps", type=int, default=30, help="Euler steps per drawing")
+    p.add_argument("--steps", type=int, default=None,
+                   help="Euler steps per drawing (default: lladao 30; uni 8, the distilled decoder)")
     p.add_argument("--cfg", type=float, default=4.0, help="text CFG scale of the drawings")
     p.add_argument("--threshold", type=float, default=0.95, help="confidence threshold of the answers")
     p.add_argument("--seed", type=int, default=0)
@@ -105,11 +111,21 @@ def table(rows: list[tuple[str, str]]) -> str:
 def run(args) -> int:
     import torch
 
+    torch.set_num_threads(1)  # small matrices: a second thread only adds contention
+    if args.system == "uni":
+        from .demo_uni import run_uni
+
+        return run_uni(args)
+    args.model = args.model or DEFAULT_MODEL
+    args.steps = args.steps or 30
+    return run_lladao(args)
+
+
+def run_lladao(args) -> int:
     from ..data.digits import QUESTION, digit_images
     from ..eval.omni_digits import drawing_accuracy, question_accuracy
     from ..sampling.omni import understand
 
-    torch.set_num_threads(1)  # small matrices: a second thread only adds contention
     (model, tok), summary = load_or_train(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

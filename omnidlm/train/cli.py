@@ -5,6 +5,7 @@
     omnidlm train --recipe chat-lora --out runs/lora data_path=chat.jsonl init_from=models/text-tiny lr=5e-4
     torchrun --nproc_per_node 2 -m omnidlm train --recipe synthetic-tiny --out runs/t parallel=fsdp
     omnidlm train --recipe digits-lladao --out runs/lladao      # the omni model (VAE included)
+    omnidlm train --recipe digits-uni --out runs/uni            # LLaDA2.0-Uni (tokenizer, decoder, backbone)
 
 Trailing `key=value` arguments override fields of the recipe's TrainConfig (`model.<field>=...`
 for the model); `--list` prints the recipes and every field with its value.
@@ -32,11 +33,15 @@ def register(sub) -> None:
 def run(args) -> int:
     from .omni import OMNI_RECIPES
     from .recipes import RECIPES, apply_overrides, recipe
+    from .uni import UNI_RECIPES
 
     if args.recipe in OMNI_RECIPES:
         return run_omni(args, OMNI_RECIPES[args.recipe]())
+    if args.recipe in UNI_RECIPES:
+        return run_omni(args, UNI_RECIPES[args.recipe]())
     if args.recipe not in RECIPES:
-        raise ValueError(f"unknown recipe {args.recipe!r}; valid recipes: {sorted(RECIPES) + sorted(OMNI_RECIPES)}")
+        valid = sorted(RECIPES) + sorted(OMNI_RECIPES) + sorted(UNI_RECIPES)
+        raise ValueError(f"unknown recipe {args.recipe!r}; valid recipes: {valid}")
     cfg = recipe(args.recipe)
     if args.max_steps is not None:
         cfg = apply_overrides(cfg, [f"max_steps={args.max_steps}"])
@@ -59,11 +64,12 @@ def run(args) -> int:
 
 
 def run_omni(args, cfg) -> int:
-    """The LLaDA-o recipes: their own loop (VAE, then the omni model), one process."""
+    """The LLaDA-o and Uni recipes: their own loops (several parts in turn), one process."""
     import dataclasses
 
-    from .omni import train_omni
+    from .omni import OmniTrainConfig, train_omni
     from .recipes import _parse
+    from .uni import train_uni
 
     fields = {f.name for f in dataclasses.fields(cfg)}
     changes = {"steps": args.max_steps} if args.max_steps is not None else {}
@@ -77,7 +83,8 @@ def run_omni(args, cfg) -> int:
         print(json.dumps({"recipe": args.recipe, "config": dataclasses.asdict(cfg)}, indent=2))
         return 0
     if args.resume:
-        raise ValueError(f"--resume is not supported by {args.recipe} (a whole run takes about 15 minutes)")
-    _, summary = train_omni(cfg, args.out or f"runs/{args.recipe}")
-    print(json.dumps({k: v for k, v in summary.items() if k != "config"}))
+        raise ValueError(f"--resume is not supported by {args.recipe} (a whole run takes 15-20 minutes)")
+    fit = train_omni if isinstance(cfg, OmniTrainConfig) else train_uni
+    _, summary = fit(cfg, args.out or f"runs/{args.recipe}")
+    print(json.dumps({k: v for k, v in summary.items() if k != "config"}, default=str))
     return 0

@@ -1,0 +1,323 @@
+"""Training LLaDA2.0-Uni (REFERENCE.md §4) on the real digits: recipe `digits-uni`.
+
+Three parts are trained in turn, each frozen before the next:
+
+    1. the SigLIP-VQ image tokenizer, with an understanding objective (it must name the digit from
+       its codes; `train/vq.py`); then every training digit is tokenized, plus augmented copies;
+    2. the diffusion decoder (codes -> 32x32 pixels, 2x the tokenizer's 16x16) on a tiny VAE, then
+       its distillation into an 8-step CFG-free student (`train/uni_decoder.py`);
+    3. the MoE backbone by block diffusion over [prompt | answer] sequences of every task
+       (`data/uni_batches.py`): [x_t | x_0] inputs, t ~ U[t_low, t_high], complementary masking, Mask
+       Token Reweighting, AdamW, EMA, and after each step the auxiliary-loss-free expert-bias update.
+
+    from omnidlm.train.uni import digits_uni, train_uni
+    model, summary = train_uni(digits_uni(), "models/uni-digits")
+    python -m omnidlm.train.uni --out models/uni-digits          # the same, from a shell
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..config import ModelConfig
+from ..data import uni_batches as UB
+from ..data.char_tokenizer import build_char_tokenizer, special_ids
+from ..data.omni_batches import to_pixels
+from ..diffusion import masked as M
+from ..sequence.tokenizer import Tokenizer
+from .ema import EMA
+from .omni import _bar
+from ..data.augment import random_affine
+
+DEFAULT_TASKS = {"understanding": 0.55, "t2i": 0.2, "edit": 0.1, "interleaved": 0.075, "thinking": 0.075}
+
+
+@dataclass
+class UniTrainConfig:
+    """What a Uni run computes: the three parts, the task mix, the optimisation."""
+
+    recipe: str = "custom"
+    image_size: int = 16  # what the tokenizer reads; the decoder draws at 2x
+    vq: dict | None = None  # SiglipVQ config; None: models/vq.py DIGITS_VQ
+    tokenizer_steps: int = 5000
+    augmented_copies: int = 8  # code grids per training digit: the original + randomly moved copies
+    decoder: dict | None = None  # UniDecoder config; None: models/uni_decoder.py DIGITS_DECODER
+    decoder_train: dict = field(default_factory=dict)  # overrides of train/uni_decoder.py's DecoderTrain
+    # backbone (LLaDA2.0-style MoE)
+    hidden_size: int = 96
+    n_layers: int = 3
+    n_heads: int = 4
+    n_kv_heads: int = 2
+    intermediate_size: int = 192  # the dense first layer
+    n_experts: int = 8
+    n_experts_per_tok: int = 2
+    moe_intermediate_size: int = 96
+    n_group: int = 2
+    topk_group: int = 1
+    block_size: int = 32
+    row_length: int = 160  # the longest row (rows are cut to whole blocks past their longest example)
+    # training
+    steps: int = 1800
+    batch_size: int = 12  # examples; complementary masking doubles the rows
+    lr: float = 1.5e-3
+    weight_decay: float = 0.01
+    warmup: int = 50
+    t_low: float = 0.3  # t ~ U[t_low, t_high] (published BDLM: 0.3-0.8; see digits_uni)
+    t_high: float = 0.8
+    complementary: bool = True
+    reweight: bool = True  # Mask Token Reweighting
+    balance_rate: float = 1e-3  # expert-bias update rate u
+    text_drop: float = 0.1  # t2i captions dropped (the unconditional prompt for CFG)
+    tasks: dict = field(default_factory=lambda: dict(DEFAULT_TASKS))
+    ema_decay: float = 0.995
+    seed: int = 0
+    threads: int = 1
+    time_limit: float = 0.0  # seconds for the whole recipe; 0: none (the backbone stops early)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def digits_uni() -> UniTrainConfig:
+    """Recipe `digits-uni`: the shipped `models/uni-digits` on 2 CPU cores, in at most 20 minutes.
+
+    t reaches 1 (the published 0.3-0.8 never masks a whole answer; the sampler starts from one).
+    """
+    return UniTrainConfig(recipe="digits-uni", time_limit=1150.0, t_high=1.0, decoder_train=dict(vae_steps=150))
+
+
+def digits_uni_tiny() -> UniTrainConfig:
+    """A seconds-long smoke run for tests."""
+    from ..models.latents import TINY_VAE
+    from ..models.uni_decoder import DIGITS_DECODER
+    from ..models.vq import DIGITS_VQ
+
+    vit = dict(DIGITS_VQ["vit"], hidden_size=16, intermediate_size=32, num_hidden_layers=2)
+    return UniTrainConfig(recipe="digits-uni-tiny", tokenizer_steps=3, augmented_copies=2,
+                          vq=dict(DIGITS_VQ, vit=vit, codebook_size=16, code_dim=8),
+                          decoder=dict(DIGITS_DECODER, hidden_size=32, n_layers=1, n_heads=2, mlp_ratio=2,
+                                       code_pixels=8, vae=dict(TINY_VAE, sample_size=32)),
+                          decoder_train=dict(vae=dict(TINY_VAE, sample_size=32), vae_steps=2, vae_batch=8, steps=2,
+                                             batch_size=8, distill_steps=2, distill_batch=8, bank_size=8),
+                          hidden_size=32, n_layers=2, n_heads=2, n_kv_heads=1,
+                          intermediate_size=64, n_experts=4, moe_intermediate_size=16, steps=3, batch_size=4,
+                          warmup=1)
+
+
+UNI_RECIPES = {"digits-uni": digits_uni, "digits-uni-tiny": digits_uni_tiny}
+
+
+# --- the parts ------------------------------------------------------------------------------------
+
+
+def vocab_for(vq_cfg: dict):
+    from ..models.uni import UniVocab
+
+    side = vq_cfg["vit"]["image_size"] // vq_cfg["vit"]["patch_size"]
+    return UniVocab.for_text(Tokenizer(build_char_tokenizer()).vocab_size, max_side=max(side, 8),
+                             codebook_size=vq_cfg["codebook_size"])
+
+
+def backbone_config(cfg: UniTrainConfig, vocab) -> ModelConfig:
+    return ModelConfig(vocab_size=vocab.total, hidden_size=cfg.hidden_size, n_layers=cfg.n_layers,
+                       n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads, intermediate_size=cfg.intermediate_size,
+                       qk_norm=True, partial_rotary_factor=0.5, rope_theta=10000.0, max_seq_len=512,
+                       n_experts=cfg.n_experts, n_experts_per_tok=cfg.n_experts_per_tok, n_shared_experts=1,
+                       moe_intermediate_size=cfg.moe_intermediate_size, n_group=cfg.n_group,
+                       topk_group=cfg.topk_group, routed_scaling_factor=2.5, first_k_dense=1,
+                       attention="block", block_size=cfg.block_size, **special_ids(build_char_tokenizer()))
+
+
+@torch.no_grad()
+def tokenize_augmented(vq, pixels: torch.Tensor, copies: int, seed: int) -> torch.Tensor:
+    """Codes (copies, N, h, w): copy 0 of the images as they are, the others randomly moved."""
+    from .vision import VisionPretrain
+
+    aug, g = VisionPretrain(), torch.Generator().manual_seed(seed)
+    out = []
+    for c in range(copies):
+        x = pixels if c == 0 else random_affine(pixels, g, aug.degrees, aug.zoom, aug.translate)
+        out.append(torch.cat([vq.encode(x[i:i + 256]) for i in range(0, len(x), 256)]))
+    return torch.stack(out)
+
+
+def train_tokenizer_part(cfg: UniTrainConfig, pixels, labels, progress: bool):
+    from ..data.digits import digit_images
+    from ..models.vq import DIGITS_VQ, SiglipVQ
+    from .vq import TokenizerTrain, train_tokenizer
+
+    vq = SiglipVQ(dict(cfg.vq or DIGITS_VQ))
+    held, held_labels = digit_images("heldout", cfg.image_size)
+    bar = _bar(cfg.tokenizer_steps, "tokenizer", progress)
+    stats = train_tokenizer(vq, pixels, labels, TokenizerTrain(steps=cfg.tokenizer_steps, seed=cfg.seed),
+                            heldout=(to_pixels(held), held_labels),
+                            progress=(lambda s, m: bar.update(1)) if bar else None)
+    if bar:
+        bar.close()
+    return vq.requires_grad_(False).eval(), stats
+
+
+def train_decoder_part(cfg: UniTrainConfig, codes: torch.Tensor, codebook_size: int, progress: bool):
+    """-> (teacher, student, stats): a VAE for the 2x images, the full-ODE decoder on its latents, and
+    the decoder's 8-step distillation; codes (N, h, w) of the training digits."""
+    from ..data.digits import digit_images
+    from ..models.uni_decoder import DIGITS_DECODER
+    from .uni_decoder import DecoderTrain, train_digits_decoder
+
+    images_2x, _ = digit_images("train", 2 * cfg.image_size)
+    train_cfg = dataclasses.replace(DecoderTrain(), **cfg.decoder_train)
+    config = {**(cfg.decoder or DIGITS_DECODER), "codebook_size": codebook_size, "grid": codes.shape[-1]}
+    return train_digits_decoder(train_cfg, codes, to_pixels(images_2x), config, progress)
+
+
+# --- the backbone -----------------------------------------------------------------------------------
+
+
+def bdlm_step_loss(backbone, x0: torch.Tensor, maskable: torch.Tensor, cfg: UniTrainConfig,
+                   g: torch.Generator) -> torch.Tensor:
+    """Block diffusion on [x_t | x_0]: t ~ U[t_low, t_high], complementary copy, MTR-weighted CE."""
+    t = M.sample_bdlm_t(x0.shape[0], cfg.t_low, cfg.t_high, generator=g)
+    inp = M.bdlm_inputs(x0, t, cfg.block_size, backbone.config.mask_id, maskable, g, cfg.complementary)
+    out = backbone(inp.input_ids, attention_mask=inp.attention_mask[None, None], position_ids=inp.position_ids[None])
+    L = x0.shape[1]
+    return M.bdlm_loss(out.logits[:, :L], inp.x0, inp.is_masked, reweight=cfg.reweight)
+
+
+def _lr(step: int, cfg: UniTrainConfig) -> float:
+    """Linear warm-up, then cosine to 10% of the peak."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    frac = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+
+
+def fit_backbone(backbone, tasks: UB.DigitsUniTasks, cfg: UniTrainConfig, progress: bool, log, start: float):
+    """AdamW + warm-up/cosine + clipping + EMA; expert-bias balancing after every step."""
+    from ..nn.moe import update_expert_bias
+
+    decay = [p for n, p in backbone.named_parameters() if p.dim() >= 2]
+    rest = [p for n, p in backbone.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": rest, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
+    ema, g = EMA(backbone, cfg.ema_decay), torch.Generator().manual_seed(cfg.seed + 1)
+    eos = backbone.config.eos_id
+    bar, recent, balance = _bar(cfg.steps, "uni", progress), [], {}
+    backbone.train()
+    for step in range(cfg.steps):
+        for group in opt.param_groups:
+            group["lr"] = _lr(step, cfg)
+        rng = random.Random(cfg.seed * 1_000_003 + step)
+        x0, maskable = UB.collate([tasks.example(rng) for _ in range(cfg.batch_size)], cfg.row_length, eos,
+                                 cfg.block_size)
+        loss = bdlm_step_loss(backbone, x0, maskable, cfg, g)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(backbone.parameters(), 1.0)
+        opt.step()
+        balance = update_expert_bias(backbone, cfg.balance_rate)
+        ema.update(backbone)
+        recent = (recent + [loss.item()])[-50:]
+        if bar:
+            bar.update(1)
+            bar.set_postfix(loss=f"{sum(recent) / len(recent):.3f}")
+        if log and step % 100 == 0:
+            log(f"step {step} loss {sum(recent) / len(recent):.4f} {time.time() - start:.0f}s")
+        if cfg.time_limit and time.time() - start > cfg.time_limit:
+            break
+    if bar:
+        bar.close()
+    return ema, {"steps": step + 1, "final_loss": round(sum(recent) / len(recent), 4), "expert_balance": balance}
+
+
+# --- the recipe --------------------------------------------------------------------------------------
+
+
+def train_uni(cfg: UniTrainConfig, out: str | Path | None = None, progress: bool = True, log=None):
+    """Tokenizer, decoder, backbone; save to `out` when given. -> (LLaDA2Uni, summary)."""
+    from ..data.digits import digit_images
+    from ..models.uni import LLaDA2Uni, UniConfig
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.set_flush_denormal(True)
+    torch.manual_seed(cfg.seed)
+    start, seconds = time.time(), {}
+    images, labels = digit_images("train", cfg.image_size)
+    pixels = to_pixels(images)
+    vq, tok_stats = train_tokenizer_part(cfg, pixels, labels, progress)
+    codes = tokenize_augmented(vq, pixels, cfg.augmented_copies, cfg.seed)  # (A, N, h, w)
+    tok_stats["augmented_usage"] = vq.usage(codes)
+    seconds["tokenizer"] = time.time() - start
+    teacher, student, dec_stats = train_decoder_part(cfg, codes[0], vq.config["codebook_size"], progress)
+    seconds["decoder"] = time.time() - start - seconds["tokenizer"]
+    vocab = vocab_for(vq.config)
+    uni_cfg = UniConfig(llm=backbone_config(cfg, vocab), vocab=vocab, tokenizer=dict(vq.config),
+                        decoder=dict(teacher.config))
+    model = LLaDA2Uni(uni_cfg, tokenizer=vq, decoder=teacher, student=student)
+    text_tok = Tokenizer(build_char_tokenizer())
+    tasks = UB.DigitsUniTasks(UB.UniCodec(text_tok, vocab), codes, labels, cfg.tasks, text_drop=cfg.text_drop)
+    ema, metrics = fit_backbone(model.backbone, tasks, cfg, progress, log, start)
+    model.backbone.load_state_dict({**model.backbone.state_dict(), **ema.state_dict()})
+    model.eval()
+    seconds["backbone"] = time.time() - start - seconds["tokenizer"] - seconds["decoder"]
+    summary = {"recipe": cfg.recipe, "seconds": round(time.time() - start, 1),
+               "part_seconds": {k: round(v, 1) for k, v in seconds.items()},
+               "parameters": sum(p.numel() for p in model.parameters()),
+               "tokenizer": tok_stats, "decoder": dec_stats, **metrics, "config": cfg.to_dict()}
+    if out is not None:
+        save_uni_model(model, out, summary)
+    return model, summary
+
+
+def save_uni_model(model, out: str | Path, summary: dict | None = None) -> Path:
+    from ..formats.uni import save_uni
+
+    path = save_uni(model, out, tokenizer=Tokenizer(build_char_tokenizer()))
+    if summary is not None:
+        (Path(path) / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    return Path(path)
+
+
+def is_uni_dir(path: str | Path) -> bool:
+    """A Uni checkpoint directory (it has an `image_tokenizer/`)."""
+    return (Path(path) / "image_tokenizer").is_dir()
+
+
+def load_uni_model(path: str | Path):
+    """A Uni directory -> (LLaDA2Uni, text tokenizer); the character tokenizer when it ships none."""
+    from ..formats.uni import load_uni
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no model at {path}")
+    model = load_uni(path).eval()
+    tok = Tokenizer.from_file(path) if (path / "tokenizer.json").exists() else Tokenizer(build_char_tokenizer())
+    return model, tok
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(description="train the digits LLaDA2.0-Uni model (recipe digits-uni)")
+    p.add_argument("--recipe", default="digits-uni", choices=sorted(UNI_RECIPES))
+    p.add_argument("--out", default="models/uni-digits")
+    p.add_argument("--steps", type=int, default=None)
+    args = p.parse_args(argv)
+    cfg = UNI_RECIPES[args.recipe]()
+    if args.steps:
+        cfg = dataclasses.replace(cfg, steps=args.steps)
+    _, summary = train_uni(cfg, args.out, log=print)
+    print(json.dumps({k: v for k, v in summary.items() if k != "config"}, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
