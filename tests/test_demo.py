@@ -30,8 +30,6 @@ def digit_png(tmp_path, index=0, size=32) -> Path:
     return path
 
 
-@pytest.mark.xfail(reason="shipped model measured 92.6% on all 297 held-out digits; the 95% floor is not met yet",
-                   strict=False)
 def test_heldout_question_accuracy_floor(shipped):
     from omnidlm.eval.omni_digits import question_accuracy
 
