@@ -84,7 +84,8 @@ def test_codes_are_in_range_and_all_decoders_draw_at_twice_the_tokenizer_size(tr
     for kw in (dict(distilled=True), dict(distilled=False, decoder_steps=3), dict(sprint=Sprint())):
         images = U.draw(model, tok, ["a handwritten digit 7"], n=2, **kw)
         assert images.shape == (2, size, size) and 0 <= images.min() and images.max() <= 1
-    assert U.edit(model, tok, digit(), "Change the digit to 7.", n=2).shape == (2, size, size)
+    for kw in (dict(), dict(sprint=Sprint())):
+        assert U.edit(model, tok, digit(), "Change the digit to 7.", n=2, **kw).shape == (2, size, size)
 
 
 def test_free_answers_decode_their_images(trained):

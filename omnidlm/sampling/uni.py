@@ -186,7 +186,8 @@ def draw(model, tokenizer, prompts: list[str], n: int = 1, seed: int = 0, cfg: f
 
 
 def edit(model, tokenizer, image: np.ndarray, instruction: str, n: int = 1, seed: int = 0, cfg: float = 3.0,
-         temperature: float = 1.0, distilled: bool = True, decoder_steps: int | None = None) -> np.ndarray:
+         temperature: float = 1.0, distilled: bool = True, decoder_steps: int | None = None,
+         sprint=None) -> np.ndarray:
     """Edit `image` ((H, W) in [0, 1]) as `instruction` says -> (n, 2H, 2W) in [0, 1]."""
     _check_can_draw(model)
     if image is None:
@@ -195,8 +196,11 @@ def edit(model, tokenizer, image: np.ndarray, instruction: str, n: int = 1, seed
         raise ValueError("the edit instruction is empty")
     codec, g = codec_of(model, tokenizer), torch.Generator().manual_seed(seed)
     source = encode_images(model, [image])[0]
-    codes = sample_codes(model, codec.user(instruction, source), codec.user("", source), n, _grid(model), cfg,
-                         temperature, generator=g)
+    if sprint is not None:  # through the engine: no CFG, SPRINT on the prefix cache
+        codes = codes_by_engine(model, codec.user(instruction, source), n, sprint, seed)
+    else:
+        codes = sample_codes(model, codec.user(instruction, source), codec.user("", source), n, _grid(model), cfg,
+                             temperature, generator=g)
     return decode_codes(model, codes, distilled, decoder_steps, seed=seed)
 
 

@@ -12,14 +12,13 @@ Three parts are trained in turn, each frozen before the next:
 
     from omnidlm.train.uni import digits_uni, train_uni
     model, summary = train_uni(digits_uni(), "models/uni-digits")
-    python -m omnidlm.train.uni --out models/uni-digits          # the same, from a shell
+    omnidlm train --recipe digits-uni --out models/uni-digits     # the same, from a shell
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ from ..data.omni_batches import to_pixels
 from ..diffusion import masked as M
 from ..sequence.tokenizer import Tokenizer
 from .ema import EMA
-from .omni import _bar
+from .omni import _bar, _lr, text_tokenizer
 from ..data.augment import random_affine
 
 DEFAULT_TASKS = {"understanding": 0.55, "t2i": 0.2, "edit": 0.1, "interleaved": 0.075, "thinking": 0.075}
@@ -191,14 +190,6 @@ def bdlm_step_loss(backbone, x0: torch.Tensor, maskable: torch.Tensor, cfg: UniT
     return M.bdlm_loss(out.logits[:, :L], inp.x0, inp.is_masked, reweight=cfg.reweight)
 
 
-def _lr(step: int, cfg: UniTrainConfig) -> float:
-    """Linear warm-up, then cosine to 10% of the peak."""
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    frac = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
-
-
 def fit_backbone(backbone, tasks: UB.DigitsUniTasks, cfg: UniTrainConfig, progress: bool, log, start: float):
     """AdamW + warm-up/cosine + clipping + EMA; expert-bias balancing after every step."""
     from ..nn.moe import update_expert_bias
@@ -298,26 +289,4 @@ def load_uni_model(path: str | Path):
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no model at {path}")
-    model = load_uni(path).eval()
-    tok = Tokenizer.from_file(path) if (path / "tokenizer.json").exists() else Tokenizer(build_char_tokenizer())
-    return model, tok
-
-
-def main(argv=None) -> int:
-    import argparse
-
-    p = argparse.ArgumentParser(description="train the digits LLaDA2.0-Uni model (recipe digits-uni)")
-    p.add_argument("--recipe", default="digits-uni", choices=sorted(UNI_RECIPES))
-    p.add_argument("--out", default="models/uni-digits")
-    p.add_argument("--steps", type=int, default=None)
-    args = p.parse_args(argv)
-    cfg = UNI_RECIPES[args.recipe]()
-    if args.steps:
-        cfg = dataclasses.replace(cfg, steps=args.steps)
-    _, summary = train_uni(cfg, args.out, log=print)
-    print(json.dumps({k: v for k, v in summary.items() if k != "config"}, default=str))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    return load_uni(path).eval(), text_tokenizer(path)
