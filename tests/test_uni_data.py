@@ -53,10 +53,13 @@ def test_task_mix_follows_the_weights_and_drops_captions():
         UB.DigitsUniTasks(CODEC, grid, list(range(10)), {"painting": 1.0})
 
 
-def test_collate_pads_with_eos_and_marks_only_answers():
-    ex = [UB.UniExample([1, 2, 3], [4, 5]), UB.UniExample([1, 2], [6])]
-    x0, maskable = UB.collate(ex, 16, eos_id=97, block=4)  # longest 5 + EOS -> 2 blocks of 4
+def test_collate_trains_answers_and_eos_through_their_block_only():
+    ex = [UB.UniExample([1, 2, 3], [4, 5]), UB.UniExample([1, 2], [6]), UB.UniExample([1] * 6, [7])]
+    x0, maskable = UB.collate(ex, 16, eos_id=97, block=4)  # longest 7 + EOS -> 2 blocks of 4
     assert x0[0].tolist() == [1, 2, 3, 4, 5, 97, 97, 97] and x0[1].tolist() == [1, 2, 6, 97, 97, 97, 97, 97]
-    assert maskable[0].tolist() == [False] * 3 + [True] * 5 and maskable[1].tolist() == [False] * 2 + [True] * 6
+    # the answer, then EOS up to the end of the block holding the first EOS; later padding stays clean
+    assert maskable[0].tolist() == [False] * 3 + [True] * 5
+    assert maskable[1].tolist() == [False] * 2 + [True] * 2 + [False] * 4
+    assert maskable[2].tolist() == [False] * 6 + [True] * 2
     with pytest.raises(ValueError, match="does not fit"):
         UB.collate([UB.UniExample([1] * 6, [2, 3])], 8, eos_id=97)

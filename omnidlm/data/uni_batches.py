@@ -132,8 +132,10 @@ def collate(examples: list[UniExample], length: int, eos_id: int, block: int = 1
     """-> x0 (B, L) with EOS padding after each answer, and the answer mask (B, L): L is the longest
     example plus one EOS, rounded up to a whole number of blocks, at most `length`.
 
-    The EOS padding belongs to the answer (it is noised and trained), as in LLaDA's SFT: the model
-    learns where an answer ends inside a block.
+    The answer and its EOS padding up to the end of the block holding its first EOS are noised and
+    trained (the model learns where an answer ends inside a block, as the sampler needs: it stops
+    after that block). Padding in later blocks stays clean and out of the loss: under block-causal
+    attention no earlier position sees it, and it would otherwise outweigh short answers.
     """
     longest = max(len(ex.prompt) + len(ex.answer) for ex in examples) + 1
     if longest > length:
@@ -144,5 +146,6 @@ def collate(examples: list[UniExample], length: int, eos_id: int, block: int = 1
     for r, ex in enumerate(examples):
         ids = ex.prompt + ex.answer
         x0[r, :len(ids)] = torch.tensor(ids)
-        maskable[r, len(ex.prompt):] = True
+        end = min(L, -(-(len(ids) + 1) // block) * block)  # the end of the block holding the first EOS
+        maskable[r, len(ex.prompt):end] = True
     return x0, maskable

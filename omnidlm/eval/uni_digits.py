@@ -67,19 +67,32 @@ def edit_accuracy(model, tokenizer, limit: int = 20, seed: int = 0) -> dict:
             "seconds_per_edit": (time.time() - start) / len(wanted)}
 
 
-def sprint_comparison(model, tokenizer, limit: int = 40, seed: int = 0, sprint=None) -> dict:
-    """'Describe the image in detail.' (answers of 64+ tokens) with and without SPRINT, same engine."""
+# SPRINT for the digits: its non-uniform unmasking, no pruning. On these prompts (about 60 tokens,
+# every one needed) pruning even 5% of the text prefix breaks most long answers (docs/benchmarks.md).
+DIGITS_SPRINT = dict(keep_text=1.0, keep_image=1.0, threshold=0.7, min_accept=8)
+
+
+def sprint_comparison(model, tokenizer, limit: int = 40, seed: int = 0, sprint=None, repeats: int = 2) -> dict:
+    """'Describe the image in detail.' (answers of 64+ tokens) with and without SPRINT, same engine.
+
+    The two settings run alternately `repeats` times; each keeps its best tokens/s (machines are noisy).
+    """
     from ..sampling.sprint import Sprint
 
-    sprint = sprint or Sprint()
-    rows = {}
-    for name, cfg in (("without", U.sampling_config()), ("with", U.sampling_config(sprint=sprint))):
-        rows[name] = question_accuracy(model, tokenizer, limit, seed, kinds=("detail",), config=cfg)
-    return {"accuracy_without": rows["without"]["accuracy"], "accuracy_with": rows["with"]["accuracy"],
-            "tokens_per_s_without": rows["without"]["tokens_per_s"], "tokens_per_s_with": rows["with"]["tokens_per_s"],
-            "speedup": rows["with"]["tokens_per_s"] / max(rows["without"]["tokens_per_s"], 1e-9),
-            "answer_tokens": float(np.mean([len(tokenizer.encode(r["want"])) for r in rows["with"]["rows"]])),
-            "n": rows["with"]["n"], "sprint": sprint.__dict__}
+    sprint = sprint or Sprint(**DIGITS_SPRINT)
+    configs = {"without": U.sampling_config(), "with": U.sampling_config(sprint=sprint)}
+    best = {}
+    for _ in range(repeats):
+        for name, cfg in configs.items():
+            q = question_accuracy(model, tokenizer, limit, seed, kinds=("detail",), config=cfg)
+            if name not in best or q["tokens_per_s"] > best[name]["tokens_per_s"]:
+                best[name] = q
+    without, with_ = best["without"], best["with"]
+    return {"accuracy_without": without["accuracy"], "accuracy_with": with_["accuracy"],
+            "tokens_per_s_without": without["tokens_per_s"], "tokens_per_s_with": with_["tokens_per_s"],
+            "speedup": with_["tokens_per_s"] / max(without["tokens_per_s"], 1e-9),
+            "answer_tokens": float(np.mean([len(tokenizer.encode(r["want"])) for r in with_["rows"]])),
+            "n": with_["n"], "sprint": sprint.__dict__}
 
 
 __all__ = ["question_accuracy", "drawing_accuracy", "edit_accuracy", "sprint_comparison", "QUESTION"]

@@ -38,7 +38,7 @@ from .reference import gumbel_argmax
 @dataclass
 class UniAnswer:
     text: str
-    ids: list[int]
+    ids: list[int]  # the answer's ids, without the closing EOS
     forwards: int
     seconds: float
     images: list[np.ndarray] = field(default_factory=list)  # decoded images of a free answer
@@ -88,8 +88,9 @@ def understand_many(model, tokenizer, images: list[np.ndarray | None], questions
     if not cfg.ban_ids:
         cfg = SamplingConfig(**{**cfg.__dict__, "ban_ids": _text_ban(model)})
     results = BatchEngine(model.backbone, cfg, max_batch).run(requests)
-    seconds = (time.time() - start) / max(1, len(results))
-    return [UniAnswer(codec.decode(r.tokens), r.tokens, r.forwards, seconds) for r in results]
+    seconds, eos = (time.time() - start) / max(1, len(results)), model.config.llm.eos_id
+    answers = [r.tokens[:-1] if r.tokens and r.tokens[-1] == eos else r.tokens for r in results]  # EOS dropped
+    return [UniAnswer(codec.decode(ids), ids, r.forwards, seconds) for ids, r in zip(answers, results)]
 
 
 def understand(model, tokenizer, image: np.ndarray | None, question: str,

@@ -36,7 +36,7 @@ from .ema import EMA
 from .omni import _bar, _lr, text_tokenizer
 from ..data.augment import random_affine
 
-DEFAULT_TASKS = {"understanding": 0.55, "t2i": 0.2, "edit": 0.1, "interleaved": 0.075, "thinking": 0.075}
+DEFAULT_TASKS = {"understanding": 0.45, "t2i": 0.3, "edit": 0.1, "interleaved": 0.075, "thinking": 0.075}
 
 
 @dataclass
