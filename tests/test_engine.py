@@ -251,8 +251,12 @@ def test_sprint_cache_equals_dense_mask_hiding_the_pruned_positions(llada2_tiny)
         canvas = engine.tokens[:1, : row.block + bl].clone()
         kept = set(engine.cache.slot_pos[0].tolist()) if row.shift else None
         out = forward(tokens, **kwargs)
-        at = (kwargs["position_ids"][0] == row.block).nonzero()[0, 0]
-        records.append((canvas, out.logits[:, at : at + bl], row.cached, kept))
+        if kwargs.get("logits_at") is not None:  # after the prefill only the block reaches the head
+            block_logits = out.logits
+        else:
+            at = (kwargs["position_ids"][0] == row.block).nonzero()[0, 0]
+            block_logits = out.logits[:, at : at + bl]
+        records.append((canvas, block_logits, row.cached, kept))
         return out
 
     engine.forward = spy

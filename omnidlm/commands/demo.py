@@ -1,7 +1,7 @@
 """`omnidlm demo`: the omni model in one command: it reads held-out digits and draws them.
 
     omnidlm demo                          # load models/lladao-digits, ~1 minute on a laptop CPU
-    omnidlm demo --all                    # every held-out digit (1500-1796), 10 drawings per digit
+    omnidlm demo --all                    # 10 drawings per digit (every held-out digit is asked by default)
     omnidlm demo --train                  # retrain the model first (recipe digits-lladao, <= 15 min)
     omnidlm demo --system uni             # the same digits with LLaDA2.0-Uni (models/uni-digits)
 
@@ -23,14 +23,15 @@ from .ask import DEFAULT_MODEL
 
 
 def register(sub) -> None:
-    p = sub.add_parser("demo", help="the LLaDA-o digits demo: answer questions about digits, draw digits")
+    p = sub.add_parser("demo", help="the digits demo (LLaDA-o or Uni): answer questions about digits, draw digits")
     p.add_argument("--system", choices=("lladao", "uni"), default="lladao",
                    help="lladao: LLaDA-o (models/lladao-digits); uni: LLaDA2.0-Uni (models/uni-digits)")
     p.add_argument("--model", default=None, help="a digits model directory (default: the system's shipped one)")
     p.add_argument("--train", action="store_true",
                    help="retrain the model (recipe digits-lladao or digits-uni) into --out/model")
     p.add_argument("--out", default="demo_out", help="output directory")
-    p.add_argument("--questions", type=int, default=60, help="held-out digits asked (random subset, fixed seed)")
+    p.add_argument("--questions", type=int, default=None,
+                   help="held-out digits asked (default: all 297; else a random subset, fixed seed)")
     p.add_argument("--per-digit", type=int, default=3, help="drawings per digit")
     p.add_argument("--all", action="store_true", help="every held-out digit and 10 drawings per digit")
     p.add_argument("--steps", type=int, default=None,

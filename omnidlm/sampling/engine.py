@@ -263,14 +263,16 @@ class BatchEngine:
         valid = q_pos < plan["e"][:, None]
         q_pos = torch.where(valid, q_pos, 0)
         idx = (plan["block"] - a)[:, None] + torch.arange(bl, device=dev)  # (n, bl) block within the queries
-        # with a cache only the block goes through the head; "none" keeps the reference's own call
-        head_only = self.cache is not None and self.cfg.sprint is None
+        # with a cache only the block goes through the head, except on a SPRINT prefill (it scores
+        # the prompt positions by confidence); "none" keeps the reference's own call
+        prefill = self.cfg.sprint is not None and any(row.forwards == 0 for row in self.rows)
+        head_only = self.cache is not None and not prefill
         logits = self._forward(q_pos, valid, plan, idx if head_only else None)  # (n, Lq or bl, V)
         if head_only:
             block_logits = logits
         else:
             block_logits = logits.gather(1, idx[..., None].expand(-1, -1, logits.shape[-1]))  # (n, bl, V)
-        if self.cfg.sprint is not None:
+        if prefill:
             self._note_prefix_confidence(logits, a)
         positions = plan["block"][:, None] + torch.arange(bl, device=dev)  # (n, bl)
         current = self.tokens[:n].gather(1, positions)
