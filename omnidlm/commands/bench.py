@@ -87,6 +87,8 @@ def run_serve(model, tokenizer, args) -> int:
 
 
 def run_systems(args) -> int:
+    import torch
+
     from ..eval.systems import SYSTEMS, compare_systems, format_systems
 
     names = [s.strip() for s in args.systems.split(",") if s.strip()]
@@ -97,14 +99,9 @@ def run_systems(args) -> int:
     rows = compare_systems(names, models, n=args.n, per_digit=args.per_digit,
                            progress=lambda m: print(m, file=sys.stderr))
     print(f"held-out digits 1500-1796: {args.n} questions, {10 * args.per_digit} drawings per system, "
-          f"{torch_threads()} thread(s)")
+          f"{torch.get_num_threads()} thread(s)")
     print(format_systems(rows))
     if args.json:
         Path(args.json).write_text(json.dumps({"systems": rows}, indent=2, default=str))
     return 0
 
-
-def torch_threads() -> int:
-    import torch
-
-    return torch.get_num_threads()

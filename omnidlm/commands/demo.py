@@ -90,17 +90,30 @@ def write_unmasking(frames, out: Path) -> None:
     strip.save(out / "unmasking.png")
 
 
-def load_or_train(args):
-    from ..train.omni import digits_lladao, load_omni, train_omni
-
+def load_or_train(args, load, train, recipe, parts: str):
+    """--model, or a fresh run of `recipe` (training `parts`) into --out/model -> (loaded, summary, dir)."""
     if not args.train:
         if not Path(args.model).exists():
-            raise FileNotFoundError(f"no model at {args.model}; run `omnidlm demo --train` to train one")
-        return load_omni(args.model), None
-    target = Path(args.out) / "model"
-    print(f"training recipe digits-lladao into {target} (VAE, then the omni model) ...")
-    _, summary = train_omni(digits_lladao(), target, progress=True)
-    return load_omni(target), summary
+            raise FileNotFoundError(f"no model at {args.model}; run `omnidlm demo --system {args.system} --train` "
+                                    "to train one")
+        return load(args.model), None, str(args.model)
+    cfg, target = recipe(), Path(args.out) / "model"
+    print(f"training recipe {cfg.recipe} into {target} ({parts}) ...")
+    _, summary = train(cfg, target, progress=True)
+    return load(target), summary, str(target)
+
+
+def score_rows(model_dir: str, q: dict, d: dict, image_note: str, extra=(), summary: dict | None = None) -> list:
+    """The demo table: model, held-out question and judged drawing accuracy, `extra` rows, answer
+    length error, seconds per answer and per image (with `image_note`), training time if trained."""
+    rows = [("model", model_dir),
+            ("held-out question accuracy", f"{q['accuracy']:.1%}  ({q['n']} digits of 1500-1796)"),
+            ("judged drawing accuracy", f"{d['accuracy']:.1%}  ({d['n']} drawings, SVC judge)"),
+            *extra,
+            ("answer-length error", f"{q['length_error']:.2f} tokens (mean |predicted - true|)"),
+            ("seconds per answer", f"{q['seconds_per_answer']:.3f}"),
+            ("seconds per image", f"{d['seconds_per_image']:.3f}  ({image_note})")]
+    return rows + ([("training time", f"{summary['seconds']:.0f} s")] if summary else [])
 
 
 def table(rows: list[tuple[str, str]]) -> str:
@@ -114,8 +127,9 @@ def run(args) -> int:
 
     torch.set_num_threads(1)  # small matrices: a second thread only adds contention
     if args.system == "uni":
-        from .demo_uni import run_uni
+        from .demo_uni import DEFAULT_UNI_MODEL, run_uni
 
+        args.model = args.model or DEFAULT_UNI_MODEL
         return run_uni(args)
     args.model = args.model or DEFAULT_MODEL
     args.steps = args.steps or 30
@@ -126,8 +140,10 @@ def run_lladao(args) -> int:
     from ..data.digits import QUESTION, digit_images
     from ..eval.omni_digits import drawing_accuracy, question_accuracy
     from ..sampling.omni import understand
+    from ..train.omni import digits_lladao, load_omni, train_omni
 
-    (model, tok), summary = load_or_train(args)
+    (model, tok), summary, model_dir = load_or_train(args, load_omni, train_omni, digits_lladao,
+                                                     "VAE, then the omni model")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     limit, per_digit = (None, 10) if args.all else (args.questions, args.per_digit)
@@ -142,15 +158,7 @@ def run_lladao(args) -> int:
     example = understand(model, tok, images[0], QUESTION, threshold=args.threshold, record=True)
     cfg = model.config.llm
     write_unmasking(unmasking_frames(images[0], QUESTION, example.history, tok, cfg.mask_id, cfg.eos_id), out)
-    rows = [("model", str(args.model if not args.train else out / "model")),
-            ("held-out question accuracy", f"{q['accuracy']:.1%}  ({q['n']} digits of 1500-1796)"),
-            ("judged drawing accuracy", f"{d['accuracy']:.1%}  ({d['n']} drawings, SVC judge)"),
-            ("answer-length error", f"{q['length_error']:.2f} tokens (mean |predicted - true|)"),
-            ("seconds per answer", f"{q['seconds_per_answer']:.3f}"),
-            ("seconds per image", f"{d['seconds_per_image']:.3f}  ({args.steps} Euler steps, cfg {args.cfg})")]
-    if summary:
-        rows.append(("training time", f"{summary['seconds']:.0f} s"))
-    print(table(rows))
+    print(table(score_rows(model_dir, q, d, f"{args.steps} Euler steps, cfg {args.cfg}", summary=summary)))
     print(f"example: image {1500} -> {example.text!r} in {example.iterations} iterations")
     print(f"wrote {out / 'drawings.png'}, {out / 'unmasking.gif'}, {out / 'unmasking.png'}, {out / 'demo.json'}")
     record = {"question": {k: v for k, v in q.items()}, "drawing": {k: d[k] for k in ("accuracy", "n", "seconds_per_image")},

@@ -12,23 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .demo import grid_png, table
+from .demo import grid_png, load_or_train, score_rows, table
 
 DEFAULT_UNI_MODEL = "models/uni-digits"
-
-
-def load_or_train_uni(args):
-    from ..train.uni import digits_uni, load_uni_model, train_uni
-
-    if not args.train:
-        model_dir = args.model or DEFAULT_UNI_MODEL
-        if not Path(model_dir).exists():
-            raise FileNotFoundError(f"no model at {model_dir}; run `omnidlm demo --system uni --train` to train one")
-        return load_uni_model(model_dir), None, model_dir
-    target = Path(args.out) / "model"
-    print(f"training recipe digits-uni into {target} (tokenizer, decoder, then the MoE backbone) ...")
-    _, summary = train_uni(digits_uni(), target, progress=True)
-    return load_uni_model(target), summary, str(target)
 
 
 def edits_png(model, tok, out: Path, seed: int) -> None:
@@ -48,7 +34,10 @@ def edits_png(model, tok, out: Path, seed: int) -> None:
 def run_uni(args) -> int:
     from ..eval import uni_digits as E
 
-    (model, tok), summary, model_dir = load_or_train_uni(args)
+    from ..train.uni import digits_uni, load_uni_model, train_uni
+
+    (model, tok), summary, model_dir = load_or_train(args, load_uni_model, train_uni, digits_uni,
+                                                     "tokenizer, decoder, then the MoE backbone")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     limit, per_digit = (None, 10) if args.all else (args.questions, args.per_digit)
@@ -57,16 +46,8 @@ def run_uni(args) -> int:
     e = E.edit_accuracy(model, tok, limit=20, seed=args.seed)
     grid_png(d["images"], per_digit, out / "drawings.png")
     edits_png(model, tok, out, args.seed)
-    rows = [("model", model_dir),
-            ("held-out question accuracy", f"{q['accuracy']:.1%}  ({q['n']} digits of 1500-1796)"),
-            ("judged drawing accuracy", f"{d['accuracy']:.1%}  ({d['n']} drawings, SVC judge)"),
-            ("judged edit accuracy", f"{e['accuracy']:.1%}  ({e['n']} held-out digits changed)"),
-            ("answer-length error", f"{q['length_error']:.2f} tokens (mean |predicted - true|)"),
-            ("seconds per answer", f"{q['seconds_per_answer']:.3f}"),
-            ("seconds per image", f"{d['seconds_per_image']:.3f}  ({d['decoder_steps']} decoder steps, distilled)")]
-    if summary:
-        rows.append(("training time", f"{summary['seconds']:.0f} s"))
-    print(table(rows))
+    edit_row = ("judged edit accuracy", f"{e['accuracy']:.1%}  ({e['n']} held-out digits changed)")
+    print(table(score_rows(model_dir, q, d, f"{d['decoder_steps']} decoder steps, distilled", [edit_row], summary)))
     print(f"wrote {out / 'drawings.png'}, {out / 'edits.png'}, {out / 'demo.json'}")
     record = {"system": "uni", "question": q, "drawing": {k: d[k] for k in ("accuracy", "n", "seconds_per_image",
                                                                           "decoder_steps")},

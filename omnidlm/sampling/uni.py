@@ -20,6 +20,7 @@ setting the codes come from the engine instead, SPRINT included (no CFG there).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -66,7 +67,7 @@ def encode_images(model, images: list[np.ndarray]) -> torch.Tensor:
 def _text_ban(model) -> tuple[int, ...]:
     """Ids an understanding answer never holds: the mask, BOS and every image id."""
     cfg, v = model.config.llm, model.config.vocab
-    image_ids = [v.image_start, v.image_end, *v.size_ids, *range(v.offset, v.total)]
+    image_ids = [v.image_start, v.image_end, *v.size_ids, *v.code_range]
     return tuple(i for i in [cfg.mask_id, cfg.bos_id, *image_ids] if i is not None)
 
 
@@ -86,7 +87,7 @@ def understand_many(model, tokenizer, images: list[np.ndarray | None], questions
         requests.append(Request(prompt, image_mask=model.config.vocab.is_image(prompt)))
     cfg = config or sampling_config()
     if not cfg.ban_ids:
-        cfg = SamplingConfig(**{**cfg.__dict__, "ban_ids": _text_ban(model)})
+        cfg = dataclasses.replace(cfg, ban_ids=_text_ban(model))
     results = BatchEngine(model.backbone, cfg, max_batch).run(requests)
     seconds, eos = (time.time() - start) / max(1, len(results)), model.config.llm.eos_id
     answers = [r.tokens[:-1] if r.tokens and r.tokens[-1] == eos else r.tokens for r in results]  # EOS dropped
@@ -102,7 +103,7 @@ def understand(model, tokenizer, image: np.ndarray | None, question: str,
 
 
 def _image_header(vocab, h: int, w: int) -> list[int]:
-    return vocab.image_ids(torch.zeros(h, w, dtype=torch.long))[:3]  # <image> <imgsize_h> <imgsize_w>
+    return [vocab.image_start, vocab.size_id(h), vocab.size_id(w)]  # what precedes an image's codes
 
 
 def _canvas(prefix: list[int], header: list[int], n_codes: int, rows: int, mask_id: int) -> torch.Tensor:
@@ -124,7 +125,7 @@ def sample_codes(model, prompt: list[int], uncond: list[int], n: int, grid: tupl
         canvases.append(_canvas(uncond, header, n_codes, n, mask_id))
     masks = [block_causal_mask(c.shape[1], backbone.config.block_size)[None, None] for c in canvases]
     steps = min(steps or n_codes, n_codes)
-    lo, hi = vocab.offset, vocab.total
+    lo, hi = vocab.code_range.start, vocab.code_range.stop
     for step in range(steps):
         logits = [backbone(c, attention_mask=m).logits[:, -n_codes:, lo:hi] for c, m in zip(canvases, masks)]
         guided = logits[0] if cfg == 1.0 else logits[1] + cfg * (logits[0] - logits[1])  # (n, hw, K)
@@ -178,11 +179,8 @@ def draw(model, tokenizer, prompts: list[str], n: int = 1, seed: int = 0, cfg: f
         if not p or not p.strip():
             raise ValueError("the drawing prompt is empty")
     codec, g = codec_of(model, tokenizer), torch.Generator().manual_seed(seed)
-    if sprint is not None:  # through the engine: no CFG, SPRINT on the prefix cache
-        codes = torch.cat([codes_by_engine(model, codec.user(p), n, sprint, seed) for p in prompts])
-    else:
-        codes = torch.cat([sample_codes(model, codec.user(p), codec.user(""), n, _grid(model), cfg, temperature,
-                                        generator=g) for p in prompts])
+    codes = torch.cat([_grids(model, codec.user(p), codec.user(""), n, cfg, temperature, g, sprint, seed)
+                       for p in prompts])
     return decode_codes(model, codes, distilled, decoder_steps, decoder_cfg, seed)
 
 
@@ -197,12 +195,17 @@ def edit(model, tokenizer, image: np.ndarray, instruction: str, n: int = 1, seed
         raise ValueError("the edit instruction is empty")
     codec, g = codec_of(model, tokenizer), torch.Generator().manual_seed(seed)
     source = encode_images(model, [image])[0]
-    if sprint is not None:  # through the engine: no CFG, SPRINT on the prefix cache
-        codes = codes_by_engine(model, codec.user(instruction, source), n, sprint, seed)
-    else:
-        codes = sample_codes(model, codec.user(instruction, source), codec.user("", source), n, _grid(model), cfg,
-                             temperature, generator=g)
+    codes = _grids(model, codec.user(instruction, source), codec.user("", source), n, cfg, temperature, g, sprint,
+                   seed)
     return decode_codes(model, codes, distilled, decoder_steps, seed=seed)
+
+
+def _grids(model, prompt: list[int], uncond: list[int], n: int, cfg: float, temperature: float,
+           g: torch.Generator, sprint, seed: int) -> torch.Tensor:
+    """n code grids for one prompt: CFG block diffusion, or the engine (no CFG) when SPRINT is on."""
+    if sprint is not None:
+        return codes_by_engine(model, prompt, n, sprint, seed)
+    return sample_codes(model, prompt, uncond, n, _grid(model), cfg, temperature, generator=g)
 
 
 @torch.no_grad()
@@ -210,11 +213,11 @@ def codes_by_engine(model, prompt: list[int], n: int, sprint, seed: int) -> torc
     """Code grids through the engine (greedy, no CFG), the image header given, other ids banned."""
     vocab, (h, w) = model.config.vocab, _grid(model)
     full = prompt + _image_header(vocab, h, w)
-    ban = tuple(i for i in range(vocab.total) if not vocab.offset <= i < vocab.total)
+    ban = tuple(range(vocab.code_range.start))  # every id before the codes
     cfg = sampling_config(h * w, sprint=sprint, stop_at_eos=False, ban_ids=ban)
     req = Request(full, image_mask=vocab.is_image(full))
     results = BatchEngine(model.backbone, cfg, max_batch=1, generator=torch.Generator().manual_seed(seed)).run([req])
-    grid = torch.tensor(results[0].tokens[:h * w]) - vocab.offset
+    grid = torch.tensor(results[0].tokens[:h * w]) - vocab.code_range.start
     return grid.view(1, h, w).repeat(n, 1, 1)
 
 
@@ -222,8 +225,8 @@ def respond(model, tokenizer, text: str, image: np.ndarray | None = None, max_ne
             config: SamplingConfig | None = None, distilled: bool = True) -> UniAnswer:
     """A free answer (interleaved text and images, or thinking before an image); images decoded."""
     cfg = config or sampling_config(max_new_tokens)
-    ans = understand_many(model, tokenizer, [image], [text], SamplingConfig(**{**cfg.__dict__, "ban_ids": (
-        model.config.llm.mask_id,)}))[0]
+    free = dataclasses.replace(cfg, ban_ids=(model.config.llm.mask_id,))  # text and image ids alike
+    ans = understand_many(model, tokenizer, [image], [text], free)[0]
     vocab, ids, pieces, codes, last = model.config.vocab, ans.ids, [], [], 0
     for a, b in vocab.image_spans(ids):
         pieces += [tokenizer.decode(ids[last:a]), "[image]"]

@@ -139,13 +139,11 @@ def backbone_config(cfg: UniTrainConfig, vocab) -> ModelConfig:
 def tokenize_augmented(vq, pixels: torch.Tensor, copies: int, seed: int) -> torch.Tensor:
     """Codes (copies, N, h, w): copy 0 of the images as they are, the others randomly moved."""
     from .vision import VisionPretrain
+    from .vq import tokenize_digits
 
     aug, g = VisionPretrain(), torch.Generator().manual_seed(seed)
-    out = []
-    for c in range(copies):
-        x = pixels if c == 0 else random_affine(pixels, g, aug.degrees, aug.zoom, aug.translate)
-        out.append(torch.cat([vq.encode(x[i:i + 256]) for i in range(0, len(x), 256)]))
-    return torch.stack(out)
+    moved = (random_affine(pixels, g, aug.degrees, aug.zoom, aug.translate) for _ in range(copies - 1))
+    return torch.stack([tokenize_digits(vq, x) for x in (pixels, *moved)])
 
 
 def train_tokenizer_part(cfg: UniTrainConfig, pixels, labels, progress: bool):
