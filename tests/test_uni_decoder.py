@@ -10,6 +10,7 @@ from omnidlm.data.digits import digit_images
 from omnidlm.diffusion import flow
 from omnidlm.models.latents import TINY_VAE
 from omnidlm.models.uni_decoder import DIGITS_DECODER, UniDecoder
+from omnidlm.sampling.image import decoder_latents, decoder_noise, decoder_sample
 from omnidlm.train.uni_decoder import (DecoderTrain, distill, encode_all, flow_loss_on, standin_codes,
                                        train_decoder)
 
@@ -57,7 +58,7 @@ def test_shapes_at_twice_the_tokenizer_resolution():
     codes = torch.randint(0, 40, (3, 2, 2))
     assert dec.image_size == 2 * 2 * 4 and dec.latent_shape == (4, 8, 8)
     assert dec.velocity(torch.randn(3, 4, 8, 8), torch.rand(3), codes).shape == (3, 4, 8, 8)
-    images = dec.sample(codes, steps=2, cfg_scale=2.0, generator=torch.Generator().manual_seed(0))
+    images = decoder_sample(dec, codes, steps=2, cfg_scale=2.0, generator=torch.Generator().manual_seed(0))
     assert images.shape == (3, 16, 16) and images.min() >= 0 and images.max() <= 1
     # the condition grid sits at the centres of the 2x2 latent tokens each code covers (half-token units)
     digits_dec = UniDecoder(DIGITS_DECODER)
@@ -79,10 +80,10 @@ def test_cfg_scale_one_is_the_conditional_sample_and_zero_the_unconditional():
     dec = randomised()
     codes, noise = torch.randint(0, 40, (2, 2, 2)), torch.randn(2, 4, 8, 8)
     by_hand = flow.euler_sample(lambda x, t: dec.velocity(x, t, codes), noise, steps=4, shift=6.0)
-    torch.testing.assert_close(dec.sample_latents(codes, noise, steps=4, cfg_scale=1.0), by_hand)
-    uncond = dec.sample_latents(None, noise, steps=4)
-    torch.testing.assert_close(dec.sample_latents(codes, noise, steps=4, cfg_scale=0.0), uncond, atol=1e-5, rtol=1e-5)
-    assert not torch.allclose(dec.sample_latents(codes, noise, steps=4, cfg_scale=3.0), by_hand)
+    torch.testing.assert_close(decoder_latents(dec, codes, noise, steps=4, cfg_scale=1.0), by_hand)
+    uncond = decoder_latents(dec, None, noise, steps=4)
+    torch.testing.assert_close(decoder_latents(dec, codes, noise, steps=4, cfg_scale=0.0), uncond, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(decoder_latents(dec, codes, noise, steps=4, cfg_scale=3.0), by_hand)
 
 
 @pytest.mark.parametrize("codes, match", [
@@ -94,7 +95,7 @@ def test_cfg_scale_one_is_the_conditional_sample_and_zero_the_unconditional():
 ])
 def test_bad_codes_raise(codes, match):
     with pytest.raises(ValueError, match=match):
-        randomised().sample(codes, steps=1)
+        decoder_sample(randomised(), codes, steps=1)
 
 
 def test_bad_config_and_latents_raise():
@@ -114,7 +115,8 @@ def test_state_dict_round_trip():
     again.load_state_dict(dec.state_dict())
     assert again.config == dec.config and again.vae.config.scaling_factor == 2.5
     codes, noise = torch.randint(0, 40, (2, 2, 2)), torch.randn(2, 4, 8, 8)
-    torch.testing.assert_close(again.sample(codes, steps=3, noise=noise), dec.sample(codes, steps=3, noise=noise))
+    torch.testing.assert_close(decoder_sample(again, codes, steps=3, noise=noise),
+                               decoder_sample(dec, codes, steps=3, noise=noise))
     assert not any(k.endswith(("cond_pos", "latent_pos")) for k in dec.state_dict())  # derived, not stored
 
 
@@ -140,10 +142,10 @@ def test_distilled_student_tracks_the_guided_teacher(trained, digits):
     assert stats["last_traj_loss"] < stats["first_traj_loss"]
     # fresh noise (not in the bank): the teacher's 32-step CFG solve is the reference
     g = torch.Generator().manual_seed(123)
-    c, noise = codes[:48], teacher.noise(48, g)
-    reference = teacher.sample_latents(c, noise, steps=32, cfg_scale=TINY_TRAIN.teacher_cfg)
-    student_8 = student.sample_latents(c, noise)  # its defaults: 8 steps, no CFG
-    teacher_8 = teacher.sample_latents(c, noise, steps=8, cfg_scale=1.0)
+    c, noise = codes[:48], decoder_noise(teacher, 48, g)
+    reference = decoder_latents(teacher, c, noise, steps=32, cfg_scale=TINY_TRAIN.teacher_cfg)
+    student_8 = decoder_latents(student, c, noise)  # its defaults: 8 steps, no CFG
+    teacher_8 = decoder_latents(teacher, c, noise, steps=8, cfg_scale=1.0)
     mse_student = float((student_8 - reference).pow(2).mean())
     mse_teacher = float((teacher_8 - reference).pow(2).mean())
     assert mse_student < 0.5 * mse_teacher, (mse_student, mse_teacher)

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 from omnidlm.cli import main
 from omnidlm.data.digits import digit_images
+from omnidlm.sampling import image as I
 from omnidlm.sampling import uni as U
 from omnidlm.sampling.sprint import Sprint
 
@@ -72,20 +73,20 @@ def test_code_cfg_pushes_toward_what_the_condition_adds(trained):
     _, model, _, _ = trained
     toy = SimpleNamespace(backbone=GuidedToy(model.config.vocab, 101), config=model.config)
     kw = dict(prompt=[1, 7, 2], uncond=[1, 2], n=2, grid=(2, 2), temperature=0.0)
-    assert U.sample_codes(toy, cfg=1.0, **kw).eq(5).all()  # no guidance: the conditional argmax
-    assert U.sample_codes(toy, cfg=3.0, **kw).eq(3).all()  # 0 + 3 * 1.9 > 2 + 3 * 0
+    assert I.sample_codes(toy, cfg=1.0, **kw).eq(5).all()  # no guidance: the conditional argmax
+    assert I.sample_codes(toy, cfg=3.0, **kw).eq(3).all()  # 0 + 3 * 1.9 > 2 + 3 * 0
 
 
 def test_codes_are_in_range_and_all_decoders_draw_at_twice_the_tokenizer_size(trained):
     _, model, tok, _ = trained
-    codes = U.sample_codes(model, [1, 2, 3], [1, 2], 3, (2, 2), cfg=2.0, generator=torch.Generator().manual_seed(0))
+    codes = I.sample_codes(model, [1, 2, 3], [1, 2], 3, (2, 2), cfg=2.0, generator=torch.Generator().manual_seed(0))
     assert codes.shape == (3, 2, 2) and int(codes.min()) >= 0 and int(codes.max()) < model.config.vocab.codebook_size
     size = 2 * model.tokenizer.vit.image_size
     for kw in (dict(distilled=True), dict(distilled=False, decoder_steps=3), dict(sprint=Sprint())):
-        images = U.draw(model, tok, ["a handwritten digit 7"], n=2, **kw)
+        images = I.draw_uni(model, tok, ["a handwritten digit 7"], n=2, **kw)
         assert images.shape == (2, size, size) and 0 <= images.min() and images.max() <= 1
     for kw in (dict(), dict(sprint=Sprint())):
-        assert U.edit(model, tok, digit(), "Change the digit to 7.", n=2, **kw).shape == (2, size, size)
+        assert I.edit_uni(model, tok, digit(), "Change the digit to 7.", n=2, **kw).shape == (2, size, size)
 
 
 def test_free_answers_decode_their_images(trained):
@@ -109,14 +110,14 @@ def test_sprint_unmasking_commits_at_least_min_accept_per_step(trained):
 def test_bad_input_is_refused_clearly(trained):
     _, model, tok, _ = trained
     with pytest.raises(ValueError, match="source image"):
-        U.edit(model, tok, None, "Change the digit to 7.")
+        I.edit_uni(model, tok, None, "Change the digit to 7.")
     with pytest.raises(ValueError, match="empty"):
-        U.draw(model, tok, [" "])
+        I.draw_uni(model, tok, [" "])
     with pytest.raises(ValueError, match="empty"):
         U.understand(model, tok, digit(), "")
     blind = SimpleNamespace(decoder=None, tokenizer=None, config=model.config, backbone=model.backbone)
     with pytest.raises(ValueError, match="cannot draw"):
-        U.draw(blind, tok, ["a handwritten digit 7"])
+        I.draw_uni(blind, tok, ["a handwritten digit 7"])
     with pytest.raises(ValueError, match="cannot read images"):
         U.encode_images(blind, [digit()])
 

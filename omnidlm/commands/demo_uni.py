@@ -21,13 +21,13 @@ def edits_png(model, tok, out: Path, seed: int) -> None:
     """Ten held-out digits (top) and each changed into the next digit (bottom)."""
     from ..data.digits import digit_images
     from ..data.uni_batches import edit_instruction
-    from ..sampling.uni import edit
+    from ..sampling.image import edit_uni
 
     images, labels = digit_images("heldout", 32)
     pairs = []
     for d in range(10):
         i = int(np.flatnonzero(labels == d)[0])
-        pairs += [images[i], edit(model, tok, images[i], edit_instruction((d + 1) % 10), seed=seed)[0]]
+        pairs += [images[i], edit_uni(model, tok, images[i], edit_instruction((d + 1) % 10), seed=seed)[0]]
     grid_png(np.stack(pairs), 2, out / "edits.png")
 
 

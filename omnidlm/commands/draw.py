@@ -74,13 +74,13 @@ def run(args) -> int:
 
     if is_uni_dir(args.model):
         return run_uni(args, image)
-    from ..sampling.omni import draw
+    from ..sampling.image import draw_lladao
     from ..train.omni import load_omni
 
     model, tok = load_omni(args.model)
     if not model.can_draw:
         raise ValueError(f"the model at {args.model} has no generation expert: it cannot draw")
-    images = draw(model, tok, [args.prompt], n=args.n, seed=args.seed, steps=args.steps or 30, cfg=args.cfg,
+    images = draw_lladao(model, tok, [args.prompt], n=args.n, seed=args.seed, steps=args.steps or 30, cfg=args.cfg,
                   image=image, img_cfg=args.img_cfg, progress=True)
     write_all(images, args)
     return 0
@@ -94,12 +94,12 @@ def write_all(images, args) -> None:
 
 def run_uni(args, image) -> int:
     """Uni: image codes by block diffusion with CFG, then the decoder; with --image, an edit."""
-    from ..sampling import uni as U
+    from ..sampling.image import draw_uni, edit_uni
     from ..train.uni import load_uni_model
 
     model, tok = load_uni_model(args.model)
     kw = dict(n=args.n, seed=args.seed, cfg=args.cfg, distilled=not args.full_ode, decoder_steps=args.steps)
-    images = U.edit(model, tok, image, args.prompt, **kw) if image is not None else \
-        U.draw(model, tok, [args.prompt], **kw)
+    images = edit_uni(model, tok, image, args.prompt, **kw) if image is not None else \
+        draw_uni(model, tok, [args.prompt], **kw)
     write_all(images, args)
     return 0

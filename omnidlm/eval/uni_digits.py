@@ -16,6 +16,7 @@ import numpy as np
 from ..data.digits import QUESTION, caption, digit_images, question_answer
 from ..data.uni_batches import DETAIL, detailed_answer, edit_instruction
 from ..sampling import uni as U
+from ..sampling.image import draw_uni, edit_uni
 from .judge import DigitJudge
 from .omni_digits import heldout_subset
 
@@ -44,7 +45,7 @@ def question_accuracy(model, tokenizer, limit: int | None = None, seed: int = 0,
 def drawing_accuracy(model, tokenizer, per_digit: int = 3, seed: int = 0, distilled: bool = True,
                      decoder_steps: int | None = None, cfg: float = 3.0) -> dict:
     start = time.time()
-    images = U.draw(model, tokenizer, [caption(d) for d in range(10)], n=per_digit, seed=seed, cfg=cfg,
+    images = draw_uni(model, tokenizer, [caption(d) for d in range(10)], n=per_digit, seed=seed, cfg=cfg,
                     distilled=distilled, decoder_steps=decoder_steps)
     labels = np.repeat(np.arange(10), per_digit)
     predicted = DigitJudge.fit().predict(images)
@@ -60,7 +61,7 @@ def edit_accuracy(model, tokenizer, limit: int = 20, seed: int = 0) -> dict:
     start = time.time()
     for i in heldout_subset(limit, seed):
         target = rng.choice([d for d in range(10) if d != int(labels[i])])
-        drawn.append(U.edit(model, tokenizer, images[i], edit_instruction(target), seed=seed)[0])
+        drawn.append(edit_uni(model, tokenizer, images[i], edit_instruction(target), seed=seed)[0])
         wanted.append(target)
     predicted = DigitJudge.fit().predict(np.stack(drawn))
     return {"accuracy": float((predicted == np.array(wanted)).mean()), "n": len(wanted),

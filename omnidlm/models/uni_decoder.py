@@ -14,12 +14,12 @@ back from the codes at `upscale` (2) times the tokenizer's resolution:
   the adaLN modulation of every block (DiT), the condition tokens are also attended to.
 - Classifier-free guidance: a learned null condition replaces the condition tokens (`codes=None`,
   or per sample with `keep`); training drops the condition with probability 0.1.
-- The network knows nothing of noise schedules beyond `velocity`; `sample` runs
-  `diffusion.flow`'s Euler grid. Training and distillation live in `omnidlm/train/uni_decoder.py`.
+- The network knows nothing of noise schedules beyond `velocity`; `sampling.image.decoder_sample`
+  runs `diffusion.flow`'s Euler grid. Training and distillation live in `omnidlm/train/uni_decoder.py`.
 
     dec = UniDecoder(DIGITS_DECODER)
     v = dec.velocity(z_t, t, codes)                   # (B, 4, 8, 8) for codes (B, 2, 2)
-    images = dec.sample(codes, steps=8, cfg_scale=1)  # (B, 32, 32) in [0, 1]
+    images = decoder_sample(dec, codes, steps=8, cfg_scale=1)  # sampling/image.py: (B, 32, 32) in [0, 1]
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..diffusion import flow
 from .latents import TimestepEmbedder, build_vae, decode_latents, patchify, sincos_2d, unpatchify, vae_downsample
 
 # 32x32 digits: AutoencoderKL with 3 down blocks (downsample 4) -> 8x8x4 latents, patch 2 -> 16 tokens.
@@ -188,55 +187,13 @@ class UniDecoder(nn.Module):
     def latent_shape(self) -> tuple[int, int, int]:
         return (self.config["latent_channels"], self.latent_side, self.latent_side)
 
-    # --- sampling -------------------------------------------------------------------------------------
-
-    def velocity_fn(self, codes: torch.Tensor | None, cfg_scale: float = 1.0):
-        """velocity_fn(x, t) for `flow.euler_sample`; CFG v_un + s (v_cond - v_un), both in one batched forward."""
-        if codes is None or cfg_scale == 1.0:
-            return lambda x, t: self.velocity(x, t, codes)
-
-        def guided(x: torch.Tensor, t: float) -> torch.Tensor:
-            B = x.shape[0]
-            keep = torch.arange(2 * B, device=x.device) < B  # first half conditional, second null
-            v = self.velocity(torch.cat([x, x]), t, torch.cat([codes, codes]), keep)
-            # plain CFG at every step: no interval, no norm re-scaling (flow.cfg_velocity's options off)
-            return flow.cfg_velocity(v[:B], v[B:], t, cfg_scale, interval=(0.0, 1.0), renorm_mode="none")
-
-        return guided
-
-    def noise(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Starting latents eps ~ N(0, I), (B, C, h, w)."""
-        dev = generator.device if generator is not None else self.null_cond.device
-        return torch.randn(batch, *self.latent_shape, generator=generator, device=dev).to(self.null_cond)
-
-    @torch.no_grad()
-    def sample_latents(self, codes: torch.Tensor | None, noise: torch.Tensor, steps: int | None = None,
-                       cfg_scale: float | None = None, shift: float | None = None,
-                       progress: bool = False) -> torch.Tensor:
-        """Euler ODE from noise (t = 1) to latents (t = 0); codes None draws unconditionally."""
-        steps = self.config.get("steps", 40) if steps is None else steps
-        cfg_scale = self.config.get("cfg_scale", 1.0) if cfg_scale is None else cfg_scale
-        shift = self.config.get("time_shift", 6.0) if shift is None else shift
-        if codes is not None:
-            self.check_codes(codes)
-            codes = codes.to(noise.device)
-        return flow.euler_sample(self.velocity_fn(codes, cfg_scale), noise, steps, shift, progress, "decoding")
+    # --- decoding (the samplers are in sampling/image.py: a model never samples) ---------------------
 
     @torch.no_grad()
     def to_images(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents (B, C, h, w) -> grayscale images (B, S, S) in [0, 1] (the mean of the 3 channels)."""
         pixels = decode_latents(self.vae, latents)  # (B, 3, S, S) about [-1, 1]
         return ((pixels.float().mean(1) + 1) / 2).clamp(0, 1)
-
-    @torch.no_grad()
-    def sample(self, codes: torch.Tensor, steps: int | None = None, cfg_scale: float | None = None,
-               shift: float | None = None, generator: torch.Generator | None = None, progress: bool = False,
-               noise: torch.Tensor | None = None) -> torch.Tensor:
-        """codes (B, grid, grid) long -> images (B, S, S) in [0, 1]. Defaults: config steps / cfg_scale /
-        time_shift (a distilled student: 8 steps, cfg_scale 1)."""
-        self.check_codes(codes)
-        noise = self.noise(codes.shape[0], generator) if noise is None else noise
-        return self.to_images(self.sample_latents(codes, noise, steps, cfg_scale, shift, progress))
 
     # --- the VAE --------------------------------------------------------------------------------------
 

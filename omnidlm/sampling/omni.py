@@ -1,4 +1,4 @@
-"""Samplers of the LLaDA-o omni model (REFERENCE.md §3): understanding, text-to-image, editing.
+"""Samplers of the LLaDA-o omni model (REFERENCE.md §3): understanding (drawing and editing: sampling/image.py).
 
 Understanding (`understand`): image and prompt form a clean prefix that is prefilled ONCE into a
 small key/value cache (`PrefixCache`, the `attend_kv` protocol of `MoTBackbone`); the answer is
@@ -11,13 +11,7 @@ decoded in blocks of masks. Each iteration of a block:
 A block holding an EOS ends the answer (cut at the first EOS); otherwise the block is appended to
 the cache and the next one starts.
 
-Text-to-image (`draw`): [prompt | noisy latents]; Euler ODE from t = 1 to 0 on a grid shifted by
-3.0 (`diffusion.flow.euler_sample`), text CFG (unconditional = the empty prompt) only for t in the
-interval, with norm re-scaling; the latents are decoded by the model's VAE. Editing: the same with a
-condition image (ViT features and clean VAE latents) and image CFG (unconditional = no image).
-
     answer = understand(model, tok, image, "What digit is shown?")      # image (H, W) in [0, 1]
-    images = draw(model, tok, ["a handwritten digit 3"], n=4, seed=0)    # (4, H, W) in [0, 1]
 """
 
 from __future__ import annotations
@@ -30,8 +24,6 @@ import numpy as np
 import torch
 
 from ..data import omni_batches as OB
-from ..diffusion import flow
-from ..models.latents import decode_latents, encode_latents, vae_downsample
 from ..sequence.segments import TEXT, VAE, VIT, positions, single, text, vit_image
 
 
@@ -200,73 +192,3 @@ def understand(model, tokenizer, image: np.ndarray | None, question: str, block_
         out += ids
         _block_forward(model, cache, block, append=True)
     return Answer(codec.decode(out), out, iters, time.time() - start, history or [])
-
-
-# --- text-to-image and editing -----------------------------------------------------------------------
-
-
-def _latent_shape(model, size: int | None) -> tuple[int, int]:
-    f = vae_downsample(model.config.vae)
-    side = (size or int(model.config.vae["sample_size"])) // f
-    if side % model.config.latent_patch_size:
-        raise ValueError(f"image size {size} gives {side} latent cells, not a multiple of the latent patch size")
-    return model.config.latent_channels, side
-
-
-class _Rows:
-    """A fixed batch of generation rows (same prompt shapes per call) and its layout."""
-
-    def __init__(self, model, codec, prompts: list[str], n_vae: int, cond_pixels=None, cond_latent=None):
-        self.vit_n = 0
-        if cond_pixels is not None:
-            self.vit_n = (cond_pixels.shape[-1] // model.vit.patch_size) ** 2
-        samples = [OB.generation_sample(codec, p, None, n_vae, cond_pixels, cond_latent, self.vit_n) for p in prompts]
-        self.batch = OB.collate(samples, model.config.llm.eos_id)
-        self.n = len(prompts)
-
-    def velocity(self, model, x: torch.Tensor, t: float) -> torch.Tensor:
-        """x (n, C, h, w) -> v (n, C, h, w) for these rows."""
-        noisy = list(x)
-        latents, flags = OB.latents_in_order(self.batch, noisy)
-        times = torch.tensor([t if f else 0.0 for f in flags])
-        out = model(self.batch.input_ids, self.batch.layout, vit_images=self.batch.vit, latents=latents,
-                    timesteps=times, compute_logits=False)
-        return torch.stack([v for v, f in zip(out.velocity, flags) if f])
-
-
-@torch.no_grad()
-def draw(model, tokenizer, prompts: list[str], n: int = 1, seed: int = 0, steps: int = 50, shift: float = 3.0,
-         cfg: float = 4.0, interval: tuple[float, float] = (0.4, 1.0), renorm: str = "global",
-         image: np.ndarray | None = None, img_cfg: float = 1.0, progress: bool = False,
-         size: int | None = None, return_latents: bool = False):
-    """Draw `n` images per prompt -> (len(prompts) * n, H, W) in [0, 1] (prompt-major order).
-
-    With `image`, edit it: the image is a condition (ViT + clean VAE latents) and `img_cfg` > 1
-    guides toward it (unconditional: the same prompt without the image).
-    """
-    if not model.can_draw:
-        raise ValueError("this model has no generation expert (no VAE / *_moe_gen weights): it cannot draw")
-    if not prompts or any(not p or not p.strip() for p in prompts):
-        raise ValueError("the drawing prompt is empty")
-    codec = OB.PromptCodec(tokenizer)
-    C, side = _latent_shape(model, size)
-    n_vae = (side // model.config.latent_patch_size) ** 2
-    cond_px = cond_z = None
-    if image is not None:
-        if not model.can_see:
-            raise ValueError("this model has no vision encoder: it cannot edit an image")
-        cond_px = prepare_image(image, model_image_size(model))
-        cond_z = encode_latents(model.vae, prepare_image(image, side * vae_downsample(model.config.vae))[None])[0]
-    wanted = [p for p in prompts for _ in range(n)]
-    rows = _Rows(model, codec, wanted, n_vae, cond_px, cond_z)
-    text_un = _Rows(model, codec, [""] * len(wanted), n_vae, cond_px, cond_z) if cfg != 1.0 else None
-    img_un = _Rows(model, codec, wanted, n_vae) if image is not None and img_cfg > 1.0 else None
-    fn = flow.guided(lambda x, t: rows.velocity(model, x, t),
-                     (lambda x, t: text_un.velocity(model, x, t)) if text_un else None, cfg, interval,
-                     (lambda x, t: img_un.velocity(model, x, t)) if img_un else None, img_cfg, renorm)
-    g = torch.Generator().manual_seed(seed)
-    x1 = torch.randn(len(wanted), C, side, side, generator=g)
-    z = flow.euler_sample(fn, x1, steps=steps, shift=shift, progress=progress)
-    pixels = decode_latents(model.vae, z)  # (N, 3, H, W)
-    images = ((pixels.float().mean(dim=1) + 1) / 2).clamp(0, 1).numpy()
-    return (images, z) if return_latents else images

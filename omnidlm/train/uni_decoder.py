@@ -26,6 +26,7 @@ import torch
 from ..diffusion import flow
 from ..models.latents import encode_latents
 from ..models.uni_decoder import DIGITS_DECODER, DIGITS_DECODER_VAE, UniDecoder
+from ..sampling.image import decoder_noise, decoder_sample, decoder_velocity
 from .ema import EMA
 
 
@@ -161,7 +162,7 @@ def teacher_trajectories(teacher: UniDecoder, codes: torch.Tensor, noise: torch.
     out = []
     for i in range(0, len(noise), chunk):
         x, c = noise[i:i + chunk], codes[i:i + chunk]
-        v_fn = teacher.velocity_fn(c, cfg.teacher_cfg)
+        v_fn = decoder_velocity(teacher, c, cfg.teacher_cfg)
         points = [x]
         for j in range(S * K):
             x = x - v_fn(x, float(grid[j])) * float(grid[j] - grid[j + 1])
@@ -187,14 +188,14 @@ def distill(teacher: UniDecoder, cfg: DecoderTrain, codes: torch.Tensor, progres
                             adjacent trajectory point (at t_S = 0 the target is x_S itself);
          loss = trajectory + consistency_weight * consistency; AdamW with cosine decay;
       3. the returned student is the EMA student (decay `distill_ema`), with config steps = S,
-         cfg_scale = 1, so `student.sample(codes)` is the 8-step CFG-free sampler. -> (student, stats)
+         cfg_scale = 1, so `decoder_sample(student, codes)` is the 8-step CFG-free sampler. -> (student, stats)
     """
     start, g = time.time(), torch.Generator().manual_seed(cfg.seed + 1)
     teacher.eval()
     teacher.check_codes(codes)
     pick = torch.randint(0, len(codes), (cfg.bank_size,), generator=g)
     bank_codes = codes[pick]
-    bank = teacher_trajectories(teacher, bank_codes, teacher.noise(cfg.bank_size, g), cfg)  # (M, S + 1, C, h, w)
+    bank = teacher_trajectories(teacher, bank_codes, decoder_noise(teacher, cfg.bank_size, g), cfg)  # (M, S + 1, C, h, w)
     bank_seconds = time.time() - start
     grid = flow.timesteps(cfg.student_steps, teacher.config["time_shift"]).float()  # (S + 1,)
 
@@ -290,7 +291,7 @@ def judge_digits(decoder: UniDecoder, codes: torch.Tensor, labels, steps: int | 
 
     g = torch.Generator().manual_seed(seed)
     start = time.time()
-    images = torch.cat([decoder.sample(codes[i:i + chunk], steps, cfg_scale, generator=g)
+    images = torch.cat([decoder_sample(decoder, codes[i:i + chunk], steps, cfg_scale, generator=g)
                         for i in range(0, len(codes), chunk)])  # (N, S, S)
     seconds = time.time() - start
     accuracy = DigitJudge.fit().accuracy(images.numpy(), labels)
