@@ -9,7 +9,10 @@ LLaDA-o directory:
                        language_model.model.layers.N.self_attn.q_proj[_moe_gen], q_norm[_moe_gen], ...
                        vit_model.vision_model.* (patch embedding stored as a Linear over (p, p, C)),
                        connector.fc1/fc2, vit_pos_embed, vae2llm, llm2vae, time_embedder, latent_pos_embed
-    ae_config.json     ours, only when the VAE is not the FLUX one (the published layout has no VAE config)
+    ae_params.json     optional: the VAE's published `AutoEncoderParams` fields (ch, ch_mult, z_channels, ...);
+                       the published loader assumes the FLUX VAE, so a checkpoint with another VAE states it here
+    ae_config.json     optional, ours: the same as a diffusers AutoencoderKL config; read before ae_params.json.
+                       With neither file the VAE is the FLUX one (its published parameters).
 
 The latent and ViT position tables' sizes are read from the tensors' shapes.
 
@@ -38,6 +41,7 @@ from .io import TensorSource, atomic_directory, write_json, write_weights
 from .llada import LLAMA_NAMES, _layer_rules, llama_config, llama_config_json
 
 LLM_CONFIG, VIT_CONFIG, AE, AE_CONFIG = "llm_config.json", "vit_config.json", "ae.safetensors", "ae_config.json"
+AE_PARAMS = "ae_params.json"
 EMA, EMA_INDEX = "ema.safetensors", "ema.safetensors.index.json"
 
 
@@ -208,15 +212,49 @@ def _table_side(source: TensorSource, key: str, default: int) -> int:
     return side
 
 
+AE_PARAMS_FIELDS = ("resolution", "in_channels", "ch", "out_ch", "ch_mult", "num_res_blocks", "z_channels",
+                    "scale_factor", "shift_factor")
+
+
+def vae_from_params(params: dict, path: Path) -> dict:
+    """The diffusers AutoencoderKL config of a published `AutoEncoderParams` dict (`ae_params.json`).
+
+    The published AutoEncoder is the LDM / FLUX architecture: GroupNorm(32), one attention block in
+    the middle, no quant convs, blocks of `ch * mult` channels, downsampling 2**(len(ch_mult) - 1).
+    """
+    missing = [f for f in AE_PARAMS_FIELDS if f not in params]
+    if missing:
+        raise ValueError(f"{path} lacks the AutoEncoderParams field(s) {missing}")
+    mult = list(params["ch_mult"])
+    if "downsample" in params and params["downsample"] != 2 ** (len(mult) - 1):
+        raise ValueError(f"{path}: field 'downsample' = {params['downsample']} but ch_mult {mult} downsamples by "
+                         f"{2 ** (len(mult) - 1)}")
+    return dict(
+        in_channels=params["in_channels"], out_channels=params["out_ch"], latent_channels=params["z_channels"],
+        down_block_types=["DownEncoderBlock2D"] * len(mult), up_block_types=["UpDecoderBlock2D"] * len(mult),
+        block_out_channels=[params["ch"] * m for m in mult], layers_per_block=params["num_res_blocks"],
+        norm_num_groups=32, act_fn="silu", sample_size=params["resolution"],
+        scaling_factor=params["scale_factor"], shift_factor=params["shift_factor"],
+        use_quant_conv=False, use_post_quant_conv=False, mid_block_add_attention=True,
+    )
+
+
+def vae_config(directory: Path) -> tuple[dict, str]:
+    """(VAE config, where it came from): ae_config.json, else ae_params.json, else the FLUX VAE."""
+    if (directory / AE_CONFIG).is_file():
+        return _read_json(directory, AE_CONFIG), str(directory / AE_CONFIG)
+    if (directory / AE_PARAMS).is_file():
+        return vae_from_params(_read_json(directory, AE_PARAMS), directory / AE_PARAMS), str(directory / AE_PARAMS)
+    return dict(FLUX_VAE), f"the FLUX VAE's published parameters ({directory} has no {AE_PARAMS} or {AE_CONFIG})"
+
+
 def lladao_config(directory: Path, ema: TensorSource, **overrides) -> LLaDAOConfig:
     """The model config from `llm_config.json`, `vit_config.json`, the VAE config and tensor shapes."""
     hf = _read_json(directory, LLM_CONFIG)
     llm = ModelConfig.from_dict({**llama_config(hf), "qk_norm": bool(hf.get("qk_norm", False)), **overrides})
     has_vit = any(k.startswith("vit_model.") for k in ema.keys())
     has_gen = any(".mlp_moe_gen." in k for k in ema.keys())
-    vae = None
-    if has_gen:
-        vae = _read_json(directory, AE_CONFIG) if (directory / AE_CONFIG).is_file() else dict(FLUX_VAE)
+    vae = vae_config(directory)[0] if has_gen else None
     cfg = LLaDAOConfig(
         llm=llm, vit=_read_json(directory, VIT_CONFIG) if has_vit else None, vae=vae,
         max_latent_size=_table_side(ema, "latent_pos_embed.pos_embed", 32),
@@ -271,13 +309,22 @@ def load_lladao(path: str | Path, device=None, dtype: torch.dtype | None = None,
     directory, device = Path(path), torch.device(device or "cpu")
     _read_json(directory, LLM_CONFIG)  # the first file a reader needs: name it if it is missing
     ema = _Source(directory, EMA, EMA_INDEX)
-    model = _build(lladao_config(directory, ema, **overrides))
+    cfg = lladao_config(directory, ema, **overrides)
+    try:
+        model = _build(cfg)
+    except (KeyError, TypeError, ValueError) as error:
+        vae = f", VAE from {vae_config(directory)[1]}" if cfg.generation else ""
+        raise ValueError(f"{directory}: {LLM_CONFIG} / {VIT_CONFIG}{vae} do not describe a model: {error}") from None
     names = list(model.state_dict())
     state = _load_rules(model, ema_rules(model, names), ema, path, device, dtype)
     if model.can_draw:
         vae_state = {k[len("vae."):]: v for k, v in model.state_dict().items() if k.startswith("vae.")}
         rules = ae_rules(vae_state, len(model.config.vae["block_out_channels"]))
-        state.update(_load_rules(model, rules, _Source(directory, AE), path, device, dtype))
+        try:
+            state.update(_load_rules(model, rules, _Source(directory, AE), path, device, dtype))
+        except (KeyError, ValueError) as error:  # the VAE config is a guess when the layout has none: say whose
+            raise ValueError(f"{directory / AE} does not match the VAE of {vae_config(directory)[1]}: "
+                             f"{error.args[0]}") from None
     model = _finish(model, state, device)
     if model.config.freeze_und:
         model.freeze_understanding()
