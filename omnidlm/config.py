@@ -141,6 +141,11 @@ PRESETS: dict[str, dict] = {
         moe_intermediate_size=512, n_group=8, topk_group=4, routed_scaling_factor=2.5,
         first_k_dense=1, mask_id=156895, eos_id=156892, pad_id=156892, attention="block",
     ),
+    # the 60 M-parameter LLaDA shape of the engine benchmarks (docs/benchmarks.md)
+    "llada-60m": dict(
+        vocab_size=32000, hidden_size=512, n_layers=8, n_heads=8, intermediate_size=1536,
+        rope_theta=500000.0, max_seq_len=8192, mask_id=31999, eos_id=31998,
+    ),
     "llada-tiny": dict(
         vocab_size=512, hidden_size=64, n_layers=2, n_heads=4, intermediate_size=160,
         rope_theta=500000.0, max_seq_len=1024, mask_id=500, eos_id=501,

@@ -4,6 +4,8 @@
     omnidlm bench --model models/text-tiny --n 200 --sprint 0.75 --json bench.json
     omnidlm bench --model models/text-tiny --serve        # the HTTP server at 1, 4 and 16 clients
     omnidlm bench --systems lladao,uni                    # LLaDA-o against LLaDA2.0-Uni on held-out digits
+    omnidlm bench --shape llada-60m --random-weights      # forwards at a real shape against their ceiling
+    omnidlm bench --shape llada-60m --random-weights --gen-lengths 256,512,1024,2048 --prompt-lengths 64,1024,4096
 
 Prints one table (policy x cache mode -> exact match, tokens per forward, tokens/s of non-EOS
 tokens, speedup over the reference row); with `--json FILE` also writes
@@ -38,6 +40,19 @@ def register(sub) -> None:
                         "0: torch's default)")
     p.add_argument("--serve", action="store_true",
                    help="benchmark the HTTP server instead: requests/s and tokens/s at 1, 4 and 16 clients")
+    p.add_argument("--shape", default=None, metavar="PRESET",
+                   help="time the forward kinds of a named shape (e.g. llada-60m, llada-8b) against their ceiling")
+    p.add_argument("--random-weights", action="store_true", help="--shape: build the model with random weights")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="--shape: weight dtype")
+    p.add_argument("--batch-sizes", default="1", metavar="LIST", help="--shape: batch sizes, e.g. 1,8")
+    p.add_argument("--prompt-length", type=int, default=64, help="--shape: prompt tokens")
+    p.add_argument("--gen-length", type=int, default=256, help="--shape: answer tokens")
+    p.add_argument("--block-length", type=int, default=32, help="--shape: block length")
+    p.add_argument("--steps", type=int, default=8, help="--shape: denoising steps per block (cost growth)")
+    p.add_argument("--repeats", type=int, default=5, help="--shape: timed repetitions (the median is kept)")
+    p.add_argument("--gen-lengths", default=None, metavar="LIST",
+                   help="--shape: ms per generated token for cache none/exact/approx at these answer lengths")
+    p.add_argument("--prompt-lengths", default="64", metavar="LIST", help="--shape: prompt lengths of --gen-lengths")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the rows as JSON")
     p.set_defaults(func=run)
@@ -56,6 +71,8 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     if args.systems:
         return run_systems(args)
+    if args.shape:
+        return run_shape(args)
     if not args.model:
         raise ValueError("--model is required (or --systems lladao,uni)")
     tokenizer = Tokenizer.from_file(args.model)
@@ -105,3 +122,45 @@ def run_systems(args) -> int:
         Path(args.json).write_text(json.dumps({"systems": rows}, indent=2, default=str))
     return 0
 
+
+
+def _ints(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{flag}: expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) <= 0:
+        raise ValueError(f"{flag}: expected positive integers, got {text!r}")
+    return values
+
+
+def run_shape(args) -> int:
+    import torch
+
+    from ..eval.shapes import bench_shapes, cost_growth, format_growth, format_kinds, random_model
+
+    if not args.random_weights:
+        raise ValueError("--shape builds a model of a named shape: pass --random-weights (no weights are read)")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: this machine has no GPU (torch.cuda.is_available() is False)")
+    model = random_model(args.shape, args.device, getattr(torch, args.dtype))
+    cfg = model.config
+    print(f"shape {args.shape} ({model.num_parameters() / 1e6:.1f} M parameters, random weights), "
+          f"{args.dtype} on {args.device}, {torch.get_num_threads()} thread(s); prompt {args.prompt_length}, "
+          f"answer {args.gen_length}, block {args.block_length}")
+    log = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    out = {"shape": args.shape, "dtype": args.dtype, "device": args.device, "threads": torch.get_num_threads(),
+           "config": cfg.to_dict()}
+    if args.gen_lengths:
+        rows = cost_growth(model, _ints(args.gen_lengths, "--gen-lengths"), _ints(args.prompt_lengths, "--prompt-lengths"),
+                           args.block_length, args.steps, max(1, args.repeats // 2), log)
+        print(format_growth(rows))
+        out["growth"] = rows
+    else:
+        result = bench_shapes(model, _ints(args.batch_sizes, "--batch-sizes"), args.prompt_length, args.gen_length,
+                              args.block_length, args.repeats, log)
+        print(format_kinds(result))
+        out.update(result)
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
+    return 0

@@ -1,0 +1,55 @@
+"""The shape benchmark (omnidlm/eval/shapes.py): forwards of every kind run, their ceilings count the
+forward's own products, and the command writes its JSON. Nothing here asserts a time."""
+
+import json
+
+import torch
+
+from omnidlm.cli import main
+from omnidlm.eval import shapes
+
+
+def test_ceiling_counts_every_weight_product_of_a_full_forward():
+    model = shapes.random_model("llada-tiny")
+    s = shapes.forward_shapes("full canvas", 2, prompt=8, answer=32, block=16)
+    products = sum(c * 2.0 * rows * d_in * d_out for c, rows, d_in, d_out in shapes._linear_shapes(model, s))
+    weights = sum(p.numel() for n, p in model.named_parameters() if p.dim() == 2 and not n.startswith("embed."))
+    assert products == 2.0 * weights * s.batch * s.queries  # every matrix once per token, nothing else
+
+
+def test_forward_kinds_have_the_engine_shapes():
+    assert shapes.forward_shapes("block exact", 1, 64, 256, 32).queries == 32
+    assert shapes.forward_shapes("block approx", 1, 64, 256, 32).keys == 320
+    refresh = shapes.forward_shapes("refresh", 1, 64, 256, 32)
+    assert (refresh.queries, refresh.head, refresh.cached) == (320, 32, True)
+
+
+def test_cached_forwards_give_the_logits_of_the_uncached_canvas_forward():
+    model = shapes.random_model("llada-tiny")
+    s = shapes.forward_shapes("refresh", 1, 8, 32, 16)
+    torch.manual_seed(0)
+    logits = shapes.model_forward(model, s)().logits  # (1, 16, V) at the last block
+    torch.manual_seed(0)
+    full = shapes.model_forward(model, shapes.forward_shapes("full canvas", 1, 8, 32, 16))().logits
+    torch.testing.assert_close(logits, full[:, -16:], atol=1e-4, rtol=1e-4)
+
+
+def test_bench_shape_command_writes_every_kind_and_the_growth_table(tmp_path, capsys):
+    out = tmp_path / "shape.json"
+    assert main(["bench", "--shape", "llada-tiny", "--random-weights", "--repeats", "1", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["kind"] for r in rows] == list(shapes.KINDS)
+    assert all(r["ms"] > 0 and r["ceiling_ms"] > 0 for r in rows)
+    assert main(["bench", "--shape", "llada-tiny", "--random-weights", "--repeats", "1", "--gen-lengths", "32,64",
+                 "--prompt-lengths", "8", "--json", str(out)]) == 0
+    growth = json.loads(out.read_text())["growth"]
+    assert [(g["prompt"], g["answer"]) for g in growth] == [(8, 32), (8, 64)]
+    assert "exact ms/token" in capsys.readouterr().out
+
+
+def test_bench_shape_refuses_without_random_weights_and_a_missing_gpu(capsys):
+    assert main(["bench", "--shape", "llada-tiny"]) == 2
+    assert "--random-weights" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["bench", "--shape", "llada-tiny", "--random-weights", "--device", "cuda"]) == 2
+        assert "no GPU" in capsys.readouterr().err
