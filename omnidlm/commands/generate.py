@@ -45,6 +45,9 @@ def register(sub) -> None:
     p.add_argument("--mask-id", type=int, default=None, help="mask token id, when the config lacks it")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--tensor-parallel", type=int, default=1, metavar="N",
+                   help="shard the model over N processes started by torchrun --nproc_per_node N")
+    p.add_argument("--quantize", choices=["none", "int8"], default="none", help="int8: weight-only int8 linears (CPU)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
@@ -110,13 +113,30 @@ def sample(model, ids, args):
                     remasking=args.remasking, generator=generator)[0]
 
 
+def prepare(model, args):
+    """Apply --tensor-parallel (under torchrun) and --quantize to a loaded model."""
+    if args.tensor_parallel < 1:
+        raise ValueError(f"--tensor-parallel must be at least 1, got {args.tensor_parallel}")
+    if args.tensor_parallel > 1:
+        from ..nn.parallel import init_mesh, tensor_parallel
+
+        mesh = init_mesh(args.tensor_parallel)
+        args.rank = mesh.get_rank()
+        model = tensor_parallel(model.to(mesh.device_type), mesh)
+    if args.quantize == "int8":
+        from ..nn.quantize import quantize_int8
+
+        model = quantize_int8(model)
+    return model
+
+
 def run(args) -> int:
     from .. import load
     from ..sequence.tokenizer import Tokenizer
 
     start = time.perf_counter()
     overrides = {"mask_id": args.mask_id} if args.mask_id is not None else {}
-    model = load(args.model, device=args.device, **overrides)
+    model = prepare(load(args.model, device=args.device, **overrides), args)
     has_tokenizer = (Path(args.model) / "tokenizer.json").is_file()
     tokenizer = Tokenizer.from_file(args.model) if has_tokenizer else None
     args.sampler = args.sampler or ("llada2" if model.config.attention == "block" else "llada")
@@ -124,6 +144,8 @@ def run(args) -> int:
     loaded = time.perf_counter()
     out = sample(model, ids, args).tolist()
     done = time.perf_counter()
+    if getattr(args, "rank", 0) != 0:
+        return 0  # every rank sampled the same tokens; one prints them
     text = tokenizer.decode(out) if tokenizer else None
     if args.json:
         timings = {"load_s": loaded - start, "generate_s": done - loaded,
