@@ -13,6 +13,7 @@ from omnidlm.sampling.engine import BatchEngine, Request, SamplingConfig, genera
 from omnidlm.sampling.policies import Factor, FixedSteps, Threshold, make_policy, step_minimum, top_k_mask
 from omnidlm.sampling.reference import generate as llada_generate
 from omnidlm.sampling.reference import generate_llada2, transfer_schedule
+from omnidlm.sampling.rows import RowSettings
 from omnidlm.sampling.sprint import Sprint, keep_positions
 from omnidlm.sequence.masks import block_causal_mask
 
@@ -115,6 +116,79 @@ def test_approx_cache_on_block_attention_is_exact(llada2_tiny):
                 == generate(llada2_tiny, [p], SamplingConfig(cache="none", **cfg))[0].tokens)
 
 
+# -- per-row settings and seeds -------------------------------------------------------------------
+
+ROW_SETTINGS = [  # greedy rows under three policies, sampled rows with top-k / top-p / bans
+    RowSettings(policy=Threshold(0.3, 8)),
+    RowSettings(policy=FixedSteps(4)),
+    RowSettings(policy=Factor(1.0, 8), ban_ids=(3, 5, 7)),
+    RowSettings(temperature=0.8, top_k=20, policy=Threshold(0.5, 8)),
+    RowSettings(temperature=1.0, top_p=0.9, policy=FixedSteps(8)),
+    RowSettings(temperature=1.3, top_k=50, top_p=0.8, policy=Threshold(0.9, 2), ban_ids=(11,)),
+]
+
+
+def test_rows_with_their_own_settings_equal_engines_with_those_settings(llada2_tiny):
+    """Greedy rows with different policies in ONE batch give what an engine with each row's
+    SamplingConfig gives; seeded sampled rows what they give alone."""
+    base = dict(max_new_tokens=24, block_length=8, attention="block", cache="exact")
+    batch = prompts(len(ROW_SETTINGS), 380, seed=21, max_len=30)
+    news = [24, 16, 9, 24, 13, 20]
+    reqs = [Request(p, max_new_tokens=m, settings=s, seed=i) for i, (p, m, s) in enumerate(zip(batch, news, ROW_SETTINGS))]
+    together = BatchEngine(llada2_tiny, SamplingConfig(**base), max_batch=4).run(reqs)
+    for i, (p, m, s) in enumerate(zip(batch, news, ROW_SETTINGS)):
+        cfg = SamplingConfig(**{**base, "max_new_tokens": m}, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
+                             policy=s.policy, ban_ids=s.ban_ids)
+        alone = BatchEngine(llada2_tiny, cfg, max_batch=1).run([Request(p, seed=i)])[0]
+        assert together[i].tokens == alone.tokens, i
+        assert len(alone.tokens) <= m and not set(alone.tokens) & set(s.ban_ids)
+
+
+def test_a_seeded_request_gives_the_same_answer_whatever_shares_its_batch(llada2_tiny):
+    cfg = SamplingConfig(max_new_tokens=24, block_length=8, attention="block", cache="exact")
+    p = prompts(1, 380, seed=23)[0]
+    mine = RowSettings(temperature=1.0, top_p=0.95, policy=Threshold(0.7, 8))
+    alone = generate(llada2_tiny, [Request(p, settings=mine, seed=7)], cfg)[0].tokens
+    others = [Request(q, settings=s) for q, s in zip(prompts(5, 380, seed=29), ROW_SETTINGS[1:])]  # unseeded
+    mixed = generate(llada2_tiny, others[:2] + [Request(p, settings=mine, seed=7)] + others[2:], cfg, max_batch=4)
+    assert mixed[2].tokens == alone
+    other_seed = generate(llada2_tiny, [Request(p, settings=mine, seed=8)], cfg)[0].tokens
+    assert len(alone) > 0 and other_seed != alone  # the seed matters (a 380-token vocabulary at temperature 1)
+
+
+def test_row_sampling_filters_by_hand():
+    """top-k 1 and a tiny top-p are the argmax; bans never appear; a tiny temperature is greedy, not NaN."""
+    model = MockModel(lambda x, pos: torch.linspace(0, 3, V).expand(*x.shape, V).clone())  # token V-1 best
+    cfg = SamplingConfig(max_new_tokens=8, block_length=4, cache="none", policy=FixedSteps(4), stop_at_eos=False)
+    settings = [RowSettings(temperature=1.0, top_k=1, policy=FixedSteps(4)),
+                RowSettings(temperature=1.0, top_p=1e-6, policy=FixedSteps(4)),
+                RowSettings(temperature=1e-300, policy=FixedSteps(4)),
+                RowSettings(temperature=5.0, ban_ids=tuple(range(V - 1)), policy=FixedSteps(4)),
+                RowSettings(ban_ids=(V - 1, MASK), policy=FixedSteps(4))]
+    out = generate(model, [Request([1], settings=s, seed=i) for i, s in enumerate(settings)], cfg)
+    assert [r.tokens for r in out[:4]] == [[V - 1] * 8] * 4
+    assert out[4].tokens == [V - 3] * 8  # V - 2 is the mask id
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(temperature=-1.0), "temperature must be"), (dict(temperature=float("nan")), "temperature must be"),
+    (dict(top_p=0.0), "top_p must be"), (dict(top_k=-2), "top_k must be"), (dict(policy="threshold"), "policy must be"),
+])
+def test_bad_row_settings_say_what(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        RowSettings(**kwargs)
+
+
+def test_bad_request_settings_and_seed_say_what():
+    engine = BatchEngine(MockModel(confident(lambda p: 3, 0.9)), SamplingConfig(max_new_tokens=8, block_length=4))
+    with pytest.raises(ValueError, match="ban_ids hold ids outside"):
+        engine.add(Request([1], settings=RowSettings(ban_ids=(V,))))
+    with pytest.raises(ValueError, match="seed must be an integer"):
+        engine.add(Request([1], seed="x"))
+    with pytest.raises(ValueError, match="settings must be a RowSettings"):
+        engine.add(Request([1], settings={"temperature": 1.0}))
+
+
 # -- policies and adaptive length with mock models --------------------------------------------------
 
 class MockModel(torch.nn.Module):
@@ -207,9 +281,12 @@ def test_top_k_mask_and_policies_by_hand():
 
 
 def test_step_minimum_follows_the_schedule_and_finishes_the_block():
-    schedule = transfer_schedule(torch.tensor([8]), 3)[0]  # [3, 3, 2]
+    assert transfer_schedule(torch.tensor([8]), 3)[0].tolist() == [3, 3, 2]
     step, masked = torch.tensor([0, 1, 2, 2]), torch.tensor([8, 1, 2, 5])
-    assert step_minimum(schedule, step, masked).tolist() == [3, 1, 2, 5]
+    assert step_minimum(8, torch.tensor([3] * 4), step, masked).tolist() == [3, 1, 2, 5]
+    # per-row steps: 8 tokens over 5 steps = [2, 2, 2, 1, 1]; over 8 steps one a step
+    steps, step, masked = torch.tensor([5, 5, 8, 8]), torch.tensor([2, 3, 0, 7]), torch.tensor([8, 8, 8, 3])
+    assert step_minimum(8, steps, step, masked).tolist() == [2, 1, 1, 3]
 
 
 # -- SPRINT ---------------------------------------------------------------------------------------

@@ -23,6 +23,10 @@ Cache modes:
 - "approx" (for "full"): the first step of a block runs the whole canvas and refreshes every slot;
   the other steps compute only the block against the cached prefix and suffix (a "dual cache").
 
+Per-row settings (`Request.settings`, sampling/rows.py): the rows of one batch may each have their own
+temperature, top-k, top-p, policy (threshold / factor / steps per block), ban ids and max_new_tokens,
+and a request's `seed` gives it its own generator; block length, attention and cache are the engine's.
+
 Adaptive length (`stop_at_eos`): a row stops as soon as it holds a committed EOS with nothing
 masked before it; its output is cut after that EOS (what the LLaDA2.0 sampler returns).
 """
@@ -35,8 +39,8 @@ from dataclasses import dataclass, field
 import torch
 
 from .cache import KVCache
-from .policies import FixedSteps, Threshold, choose_tokens, step_minimum
-from .reference import transfer_schedule
+from .policies import FixedSteps, Threshold, step_minimum
+from .rows import RowSettings, RowTable
 from .sprint import Sprint, prune_row, prefix_confidence
 
 CACHE_MODES = ("none", "exact", "approx")
@@ -87,16 +91,21 @@ def check_config(cfg: SamplingConfig) -> None:
                          "must be positive")
     if cfg.remasking not in ("low_confidence", "random"):
         raise ValueError(f"remasking must be 'low_confidence' or 'random', got {cfg.remasking!r}")
-    if not hasattr(cfg.policy, "commit"):
+    if not hasattr(cfg.policy, "commit_rows"):
         raise ValueError(f"policy must be a policy object (see sampling/policies.py), got {cfg.policy!r}")
 
 
 @dataclass
 class Request:
+    """One answer to sample. `settings` None: the engine's SamplingConfig (temperature, top-k,
+    top-p, policy, ban ids); `seed` None: the engine's generator (or torch's global one)."""
+
     prompt_ids: list[int]
     max_new_tokens: int | None = None  # None: the engine's SamplingConfig.max_new_tokens
     id: object = None  # given by `add` when None
     image_mask: list[bool] | None = None  # per prompt token, for SPRINT's per-modality keep ratios
+    settings: RowSettings | None = None  # this row's sampling settings (sampling/rows.py)
+    seed: int | None = None  # a generator of its own: the same answer whatever shares the batch
 
 
 @dataclass
@@ -138,8 +147,8 @@ class BatchEngine:
         self.tokens = torch.full((max_batch, 0), self.pad_id, dtype=torch.long, device=model.device)
         self.cache = None if self.cfg.cache == "none" else KVCache.for_model(model, max_batch, 0)
         self.forward = _compiled(model) if compile else model
-        bl, steps = self.cfg.block_length, self.cfg.policy.steps
-        self.schedule = transfer_schedule(torch.tensor([bl]), steps)[0].to(model.device)  # (steps,)
+        self.defaults = RowSettings.of(self.cfg)
+        self.table = RowTable(max_batch, model.config.vocab_size, model.device)  # per-row settings
 
     # -- requests in and out -------------------------------------------------------------------
     @property
@@ -207,6 +216,22 @@ class BatchEngine:
         if len(request.prompt_ids) + new > mcfg.max_seq_len:
             raise ValueError(f"prompt ({len(request.prompt_ids)} tokens) + max_new_tokens ({new}) exceeds "
                              f"the model's maximum sequence length ({mcfg.max_seq_len})")
+        if request.settings is not None:
+            if not isinstance(request.settings, RowSettings):
+                raise ValueError(f"Request.settings must be a RowSettings or None, got {type(request.settings).__name__}")
+            bad = [i for i in request.settings.ban_ids if not 0 <= i < mcfg.vocab_size]
+            if bad:
+                raise ValueError(f"ban_ids hold ids outside the vocabulary [0, {mcfg.vocab_size}): {bad[:3]}")
+        if request.seed is not None and not isinstance(request.seed, int):
+            raise ValueError(f"Request.seed must be an integer or None, got {request.seed!r}")
+
+    def _settings(self, request: Request) -> RowSettings:
+        """The row's settings: its own or the engine's; SPRINT's threshold replaces the policy's."""
+        s = request.settings or self.defaults
+        sprint = self.cfg.sprint
+        if request.settings is not None and sprint is not None and sprint.threshold is not None:
+            s = s.replace(policy=Threshold(sprint.threshold, s.policy.steps))
+        return s
 
     def _admit(self, request: Request) -> None:
         P, bl = len(request.prompt_ids), self.cfg.block_length
@@ -222,6 +247,10 @@ class BatchEngine:
         self.tokens[r, P:length] = self.mask_id
         if self.cache is not None:
             self.cache.reset_row(r)
+        generator = None
+        if request.seed is not None:
+            generator = torch.Generator(device=self.tokens.device).manual_seed(request.seed)
+        self.table.set(r, self._settings(request), generator)
         self.rows.append(_Row(request, P, end, length, first))
 
     def _ensure_length(self, length: int) -> None:
@@ -314,17 +343,17 @@ class BatchEngine:
         return (ok | pad)[:, None]  # padded queries see slot 0 (their output is dropped)
 
     def _commit(self, block_logits, current, step) -> torch.Tensor:
-        """Choose tokens, apply the policy, -> the block with the committed tokens filled in."""
-        cfg = self.cfg
-        x0, conf = choose_tokens(block_logits, cfg.temperature, cfg.top_k, cfg.top_p, cfg.ban_ids, self.generator)
+        """Choose tokens, apply each row's policy, -> the block with the committed tokens filled in."""
+        cfg, (n, bl) = self.cfg, current.shape
+        x0, conf = self.table.choose(block_logits, self.generator)  # each row's temperature, top-k/p, bans
         if cfg.remasking == "random":
-            conf = torch.rand(conf.shape, device=conf.device, generator=self.generator)
+            conf = self.table.uniform(n, bl, self.generator)
         masked = current == self.mask_id  # (n, bl)
         conf = torch.where(masked, conf, float("-inf"))
-        minimum = step_minimum(self.schedule, step, masked.sum(1))
+        minimum = step_minimum(bl, self.table.column("steps", n), step, masked.sum(1))
         if cfg.sprint is not None:  # SPRINT accepts at least min_accept tokens per step
             minimum = torch.maximum(minimum, masked.sum(1).clamp(max=cfg.sprint.min_accept))
-        commit = cfg.policy.commit(conf, minimum) & masked
+        commit = self.table.commit(conf, minimum) & masked
         return torch.where(commit, x0, current)
 
     # -- bookkeeping after a step ----------------------------------------------------------------
@@ -364,6 +393,7 @@ class BatchEngine:
             last = len(self.rows) - 1
             if i != last:
                 self.tokens[i] = self.tokens[last]
+                self.table.move(last, i)
                 if self.cache is not None:
                     self.cache.move_row(last, i)
                 self.rows[i] = self.rows[last]

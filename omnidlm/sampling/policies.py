@@ -15,11 +15,16 @@ iterations: a block is finished after at most `steps` steps whatever the policy.
   commit the largest n with (n + 1) * (1 - c_n) < factor (at least the scheduled count).
 
     policy = make_policy("threshold", steps=32, threshold=0.9)
-    minimum = step_minimum(transfer_schedule(torch.tensor([32]), policy.steps)[0], step, masked_count)
-    commit = policy.commit(conf, minimum)        # (B, block) bool
+    minimum = step_minimum(32, steps_per_row, step, masked_count)     # (B,) each
+    commit = policy.commit(conf, minimum)                             # (B, block) bool
+    commit = Threshold.commit_rows(conf, minimum, tau_per_row)        # rows with their own tau
 
-Tokens and confidences come from `choose_tokens` (argmax at temperature 0, else LLaDA2.0's
-temperature / top-k / top-p sampling with the probability of the drawn token as confidence).
+A policy is a frozen dataclass with `steps`, a scalar `param` (threshold / factor) and a static
+`commit_rows(conf, minimum, param (B,))`, so the engine decides every row of one kind in one call
+whatever each row's parameter (sampling/rows.py).
+
+Tokens and confidences come from `RowTable.choose` (sampling/rows.py: argmax at temperature 0, else
+LLaDA2.0's temperature / top-k / top-p sampling with the probability of the drawn token as confidence).
 """
 
 from __future__ import annotations
@@ -27,9 +32,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
-
-from .reference import sample_tokens
 
 POLICIES = ("fixed", "threshold", "factor")
 
@@ -48,9 +50,14 @@ class FixedSteps:
 
     steps: int
     name = "fixed"
+    param = 0.0
+
+    @staticmethod
+    def commit_rows(conf: torch.Tensor, minimum: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+        return top_k_mask(conf, minimum)
 
     def commit(self, conf: torch.Tensor, minimum: torch.Tensor) -> torch.Tensor:
-        return top_k_mask(conf, minimum)
+        return _commit_one(self, conf, minimum)
 
 
 @dataclass(frozen=True)
@@ -61,10 +68,19 @@ class Threshold:
     steps: int = 32
     name = "threshold"
 
-    def commit(self, conf: torch.Tensor, minimum: torch.Tensor) -> torch.Tensor:
-        above = conf > self.tau  # (B, L)
+    @property
+    def param(self) -> float:
+        return self.tau
+
+    @staticmethod
+    def commit_rows(conf: torch.Tensor, minimum: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+        """tau (B,): each row's threshold."""
+        above = conf > tau[:, None]  # (B, L)
         enough = above.sum(1) >= minimum  # (B,)
         return torch.where(enough[:, None], above, top_k_mask(conf, minimum))
+
+    def commit(self, conf: torch.Tensor, minimum: torch.Tensor) -> torch.Tensor:
+        return _commit_one(self, conf, minimum)
 
 
 @dataclass(frozen=True)
@@ -75,13 +91,27 @@ class Factor:
     steps: int = 32
     name = "factor"
 
-    def commit(self, conf: torch.Tensor, minimum: torch.Tensor) -> torch.Tensor:
+    @property
+    def param(self) -> float:
+        return self.factor
+
+    @staticmethod
+    def commit_rows(conf: torch.Tensor, minimum: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+        """factor (B,): each row's factor."""
         c_sorted = conf.sort(dim=1, descending=True).values  # (B, L), -inf last
         n = torch.arange(1, conf.shape[1] + 1, device=conf.device)  # (L,)
-        ok = ((n + 1) * (1 - c_sorted) < self.factor) & torch.isfinite(c_sorted)  # (B, L)
+        ok = ((n + 1) * (1 - c_sorted) < factor[:, None]) & torch.isfinite(c_sorted)  # (B, L)
         # the largest n whose prefix all passes: count leading Trues
         count = ok.long().cumprod(dim=1).sum(1)  # (B,)
         return top_k_mask(conf, torch.maximum(count, minimum))
+
+    def commit(self, conf: torch.Tensor, minimum: torch.Tensor) -> torch.Tensor:
+        return _commit_one(self, conf, minimum)
+
+
+def _commit_one(policy, conf: torch.Tensor, minimum: torch.Tensor) -> torch.Tensor:
+    """Every row under this one policy: its vectorised rule with the parameter repeated."""
+    return policy.commit_rows(conf, minimum, conf.new_full((conf.shape[0],), float(policy.param)))
 
 
 def make_policy(name: str, steps: int, threshold: float = 0.9, factor: float = 1.0):
@@ -99,21 +129,11 @@ def make_policy(name: str, steps: int, threshold: float = 0.9, factor: float = 1
     raise ValueError(f"unknown policy {name!r}; valid policies: {', '.join(POLICIES)}")
 
 
-def step_minimum(schedule: torch.Tensor, step: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
-    """schedule (S,) = transfer_schedule(block_length, steps), step index (B,), masked count (B,)
-    -> (B,) the count to commit at least: min(schedule[step], masked); everything at the last step."""
-    last = schedule.shape[0] - 1
-    scheduled = torch.where(step >= last, masked, schedule[step.clamp(max=last)])
+def step_minimum(block_length: int, steps: torch.Tensor, step: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+    """Per row (B,): its steps per block, the step index in the block and the masked count -> the
+    count to commit at least: min(schedule[step], masked) with schedule =
+    transfer_schedule(block_length, steps) (base = bl // steps, the first bl % steps steps one
+    more); everything at the last step."""
+    base, rem = block_length // steps, block_length % steps  # (B,)
+    scheduled = torch.where(step >= steps - 1, masked, base + (step < rem).long())
     return torch.minimum(scheduled, masked)
-
-
-def choose_tokens(logits: torch.Tensor, temperature: float = 0.0, top_k=None, top_p=None,
-                  ban_ids=(), generator=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, L, V) logits -> tokens (B, L) and their confidence (B, L) in float32."""
-    if ban_ids:
-        logits = logits.clone()
-        logits[..., list(ban_ids)] = float("-inf")
-    if temperature == 0:
-        tokens = logits.argmax(-1)
-        return tokens, F.softmax(logits, dim=-1).gather(-1, tokens[..., None]).squeeze(-1)
-    return sample_tokens(logits, temperature, top_k, top_p, generator)
