@@ -35,6 +35,8 @@ def register(sub) -> None:
     p.add_argument("--batch", type=int, default=8, help="batch size of the batched row (0: none)")
     p.add_argument("--sprint", type=float, default=None, metavar="KEEP",
                    help="add a SPRINT row keeping this fraction of the prompt's cache")
+    p.add_argument("--quantize", choices=["int8"], default=None,
+                   help="add the fast row on weight-only int8 linears (CPU): tokens/s and exact-match change")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: tiny models run fastest and steadiest on one; "
                         "0: torch's default)")
@@ -80,7 +82,8 @@ def run(args) -> int:
     if args.serve:
         return run_serve(model, tokenizer, args)
     settings = BenchSettings(n=args.n, max_new_tokens=args.max_new_tokens, threshold=args.threshold,
-                             factor=args.factor, batch=args.batch, sprint_keep=args.sprint)
+                             factor=args.factor, batch=args.batch, sprint_keep=args.sprint,
+                             quantize=args.quantize)
     rows = run_bench(model, tokenizer, settings, progress=lambda m: print(m, file=sys.stderr))
     print(f"model {args.model}, {args.n} held-out examples, max_new_tokens {args.max_new_tokens}, "
           f"block {model.config.block_size}, {torch.get_num_threads()} threads, device {args.device}")

@@ -38,6 +38,7 @@ class BenchSettings:
     factor: float = 1.0
     batch: int = 8  # the batched row's batch size (0: no batched row)
     sprint_keep: float | None = None  # add a SPRINT row keeping this fraction of the prompt
+    quantize: str | None = None  # "int8": add the fast row on weight-only int8 linears (nn/quantize.py)
     chunk: int = 8  # examples per interleaving chunk
 
 
@@ -54,6 +55,7 @@ class Row:
     forwards: int = 0
     seconds: float = 0.0
     extra: dict = field(default_factory=dict)
+    model: object = None  # the model this row runs, when not the benchmarked one (int8)
 
     def as_dict(self, ref_tps: float | None) -> dict:
         tps = self.tokens / max(self.seconds, 1e-9)
@@ -101,6 +103,13 @@ def make_rows(model, s: BenchSettings) -> list[Row]:
                             sprint=Sprint(keep_text=s.sprint_keep, warmup=1))
         rows.append(Row(f"threshold/exact+sprint{s.sprint_keep:g}", "threshold", "exact", 1,
                         engine_runner(model, sc, 1), extra={"sprint_keep": s.sprint_keep}))
+    if s.quantize == "int8":
+        from ..nn.quantize import quantize_int8
+
+        int8 = quantize_int8(model)
+        sc = SamplingConfig(max_new_tokens=G, block_length=bl, cache=fast, policy=policies["threshold"])
+        rows.append(Row(f"threshold/{fast} int8", "threshold", fast, 1, engine_runner(int8, sc, 1),
+                        extra={"quantize": "int8"}, model=int8))
     if s.batch > 1:
         sc = SamplingConfig(max_new_tokens=G, block_length=bl, cache=fast, policy=policies["threshold"])
         rows.append(Row(f"threshold/{fast} x{s.batch}", "threshold", fast, s.batch,
@@ -108,11 +117,11 @@ def make_rows(model, s: BenchSettings) -> list[Row]:
     return rows
 
 
-def count_forwards(model):
-    """-> (a one-element list counting the model's forwards, the hook's handle to remove)."""
+def count_forwards(*models):
+    """-> (a one-element list counting the models' forwards, the hooks' handles to remove)."""
     counter = [0]
-    handle = model.register_forward_hook(lambda *_: counter.__setitem__(0, counter[0] + 1))
-    return counter, handle
+    handles = [m.register_forward_hook(lambda *_: counter.__setitem__(0, counter[0] + 1)) for m in models]
+    return counter, handles
 
 
 def cut_at_eos(ids: list[int], eos_id: int) -> list[int]:
@@ -143,7 +152,7 @@ def run_bench(model, tokenizer, settings: BenchSettings, progress: Callable[[str
     rows = make_rows(model, settings)
     for row in rows:  # warm-up: first calls allocate
         row.run(prompts[:1])
-    counter, handle = count_forwards(model)
+    counter, handles = count_forwards(model, *[row.model for row in rows if row.model is not None])
     chunk = max(settings.chunk, settings.batch)
     try:
         for start in range(0, len(prompts), chunk):
@@ -153,7 +162,8 @@ def run_bench(model, tokenizer, settings: BenchSettings, progress: Callable[[str
             if progress:
                 progress(f"{min(start + chunk, len(prompts))}/{len(prompts)} examples")
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
     ref_tps = rows[0].tokens / max(rows[0].seconds, 1e-9)
     return [row.as_dict(ref_tps) for row in rows]
 
