@@ -74,9 +74,15 @@ def forward_shapes(kind: str, batch: int, prompt: int, answer: int, block: int, 
 def random_model(name: str, device: str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0) -> Backbone:
     """A randomly initialised model of the preset `name` (nothing is downloaded or read)."""
     torch.manual_seed(seed)
-    with torch.device(device):
-        model = Backbone(preset(name))
-    return model.to(dtype=dtype).eval()
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # built in `dtype`: an 8B model never exists in float32
+    try:
+        with torch.device(device):
+            model = Backbone(preset(name))
+    finally:
+        torch.set_default_dtype(default)
+    model.rotary = type(model.rotary)(model.config.rotary_dim, model.config.rope_theta).to(device)  # float32
+    return model.eval()
 
 
 # --- timing -----------------------------------------------------------------------------------------------
