@@ -38,6 +38,13 @@ def llada2_tiny():
     return omnidlm.load(FIXTURES / "llada2-moe-tiny", mask_id=LLADA2_MASK_ID)
 
 
+@pytest.fixture(scope="session")
+def llada_v_tiny():
+    from omnidlm.formats.llada_v import load_llada_v
+
+    return load_llada_v(FIXTURES / "llada-v-tiny")
+
+
 def tensors_of(directory: Path, pattern: str = "*.safetensors") -> dict:
     """Every tensor in the safetensors files of a checkpoint directory."""
     from safetensors.torch import load_file

@@ -9,7 +9,8 @@ noise, losses or sampling. Parts and their published names:
     vit, connector, vit_pos_embed                      image understanding (absent: text only)
     vae, vae2llm, llm2vae, time_embedder, latent_pos_embed    image generation (absent: no drawing)
 
-A LLaDA-V model is the same class with no generation part and LLaDA-V's projector.
+A LLaDA-V model is the same class with no generation part, LLaDA-V's projector and its
+`image_newline` (merged into image features by `models/anyres.py`).
 
     model = LLaDAO(lladao_preset("lladao-tiny"))
     lay = pack([[[text(4), vit_image(16), text(3), vae_image(4, noisy=True)]]])
@@ -46,6 +47,7 @@ class LLaDAOConfig:
     vit_drop_last_layer: bool = True
     vit_post_norm: bool = True
     projector: str = "connector"  # connector (LLaDA-o, + 2D position embedding) | mlp2x_gelu (LLaDA-V)
+    image_newline: bool = False  # LLaDA-V's learned end-of-row embedding (`spatial_unpad` image features)
     freeze_und: bool = False  # train only the generation expert (and the generation-side modules)
     extra: dict = field(default_factory=dict)  # fields of published configs we carry but do not use
 
@@ -114,6 +116,8 @@ class LLaDAO(nn.Module):
                 self.vit_pos_embed = PositionEmbedding(cfg.vit_max_patches_per_side, D)
             else:
                 self.mm_projector = Projector(self.vit.hidden_size, D)
+        if cfg.image_newline:  # randn / sqrt(D), as LLaDA-V initialises it
+            self.image_newline = nn.Parameter(torch.randn(D) / D ** 0.5)
         if cfg.generation:
             self.vae = build_vae(cfg.vae).requires_grad_(False).eval()  # frozen, as in LLaDA-o
             self.vae2llm = nn.Linear(cfg.patch_latent_dim, D)
@@ -129,7 +133,7 @@ class LLaDAO(nn.Module):
     def freeze_understanding(self, frozen: bool = True) -> None:
         """Train only the generation side: freezes the und expert, embeddings, head and vision parts."""
         self.language_model.freeze_understanding(frozen)
-        for name in ("vit", "connector", "mm_projector"):
+        for name in ("vit", "connector", "mm_projector", "image_newline"):
             if hasattr(self, name):
                 getattr(self, name).requires_grad_(not frozen)
 

@@ -72,6 +72,10 @@ class VisionEncoder(nn.Module):
     def grid(self, height: int, width: int) -> tuple[int, int]:
         """Patches per side for an image, or a ValueError naming the size that does not fit."""
         p = self.patch_size
+        if (height, width) == (self.image_size, self.image_size):
+            # the tower's own size always fits: the stride-p convolution drops the last image_size % p
+            # pixels, as the published towers do (LLaDA-V: 384 px, patch 14 -> 27 x 27 patches)
+            return height // p, width // p
         if height % p or width % p or not (0 < height <= self.image_size and 0 < width <= self.image_size):
             raise ValueError(
                 f"image size {height}x{width} must be a positive multiple of the patch size {p}"
