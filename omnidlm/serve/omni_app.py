@@ -2,56 +2,68 @@
 
     app = create_omni_app(model, tokenizer, name="lladao-digits")
 
-Requests run one at a time in a worker thread (the omni samplers are not batched yet); at most
-`max_queue` wait, beyond that a 429 with Retry-After. Chat answers arrive whole, so a streamed chat
-is one event with the answer, then [DONE].
+Requests run one at a time in a supervised worker thread (`jobs.JobRunner`); at most `max_queue`
+wait, beyond that a 429 with Retry-After; a request that times out (504) or whose client left is
+cancelled at the model's next forward. Chat answers arrive whole, so a streamed chat is one event
+with the answer, then [DONE].
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 import time
 import uuid
 
 from fastapi import FastAPI, File, Form, UploadFile
 from fastapi.responses import StreamingResponse
 
-from .app import APIError, Limits, install_common_routes, install_error_handlers
+from .app import install_common_routes
+from .http import APIError, Limits, install_error_handlers
 from .images import ImageError, decode_image, encode_png, open_image
+from .jobs import JobRunner
 from .metrics import Metrics
+from .scheduler import QueueFull, WorkFailed
 from .schemas import ChatRequest, CompletionRequest, ImageRequest
 
 
 class OmniServer:
     def __init__(self, model, tokenizer, name: str, metrics: Metrics, limits: Limits, max_queue: int):
         self.model, self.tokenizer, self.name = model, tokenizer, name
-        self.metrics, self.limits, self.max_queue = metrics, limits, max_queue
-        self.lock, self.waiting = threading.Lock(), 0
+        self.metrics, self.limits = metrics, limits
+        self.jobs = JobRunner(model, max_queue)
         from ..sampling.omni import model_image_size
 
         self.size = model_image_size(model)
 
     async def run(self, fn, *args, **kwargs):
         """Run a sampler call in the worker thread, with the queue limit and the timeout."""
-        if self.waiting >= self.max_queue + 1:
-            raise APIError(429, f"server busy: {self.waiting} requests in flight", headers={"Retry-After": "1"})
-        self.waiting += 1
-        self.metrics.queue_depth = self.waiting - 1
         try:
-            async with asyncio.timeout(self.limits.timeout_s):
-                return await asyncio.to_thread(self._locked, fn, *args, **kwargs)
+            return await self.jobs.run(fn, *args, timeout_s=self.limits.timeout_s, **kwargs)
+        except QueueFull as error:
+            raise APIError(429, f"server busy: {error}", headers={"Retry-After": "1"}) from None
         except TimeoutError:
             raise APIError(504, f"request timed out after {self.limits.timeout_s} s") from None
+        except WorkFailed as failure:
+            raise APIError(failure.status, failure.message) from None
         except ValueError as error:  # the samplers' own checks (empty prompt, no generator, ...)
             raise APIError(400, str(error)) from None
         finally:
-            self.waiting -= 1
+            self.metrics.queue_depth = max(0, self.jobs.pending - 1)
 
-    def _locked(self, fn, *args, **kwargs):
-        with self.lock:
-            return fn(*args, **kwargs)
+    def check(self, n: int, steps: int | None, prompt: str, block_length: int | None = None) -> None:
+        """The server's bounds on a request: n, image steps, prompt length, block length."""
+        limits = self.limits
+        if n > limits.max_n:
+            raise APIError(400, f"n ({n}) exceeds the server's limit of {limits.max_n}", "n")
+        if steps is not None and steps > limits.max_image_steps:
+            raise APIError(400, f"steps ({steps}) exceeds the server's limit of {limits.max_image_steps}", "steps")
+        length = len(self.tokenizer.encode(prompt))
+        if length > limits.max_image_prompt_tokens:
+            raise APIError(400, f"prompt ({length} tokens) exceeds the limit of {limits.max_image_prompt_tokens} "
+                                "tokens", "prompt")
+        bound = limits.max_block_length or self.model.config.llm.max_seq_len
+        if block_length is not None and block_length > bound:
+            raise APIError(400, f"block_length ({block_length}) exceeds the limit of {bound}", "block_length")
 
     def question(self, body: ChatRequest):
         """The last user message's text and image (decoded, size-checked)."""
@@ -84,6 +96,7 @@ class OmniServer:
             raise APIError(400, f"model {self.name!r} has no image generator", "model")
         if size is not None and size != f"{self.size}x{self.size}":
             raise APIError(400, f"size {size!r} is not supported; this model draws {self.size}x{self.size}", "size")
+        self.check(n, steps, prompt)
         images = await self.run(draw_lladao, self.model, self.tokenizer, [prompt], n=n, seed=seed or 0,
                                 steps=steps or 30, cfg=4.0 if cfg is None else cfg, image=image)
         return {"created": int(time.time()), "data": [{"b64_json": encode_png(im)} for im in images]}
@@ -113,29 +126,28 @@ def create_omni_app(model, tokenizer, name: str = "lladao", max_queue: int = 16,
     limits = limits or Limits()
     app, metrics = FastAPI(title="omnidlm", version="0.1.0"), Metrics()
     server = OmniServer(model, tokenizer, name, metrics, limits, max_queue)
+    app.state.server = server
     install_error_handlers(app, metrics, limits)
-    install_common_routes(app, name, metrics)
+    install_common_routes(app, name, metrics, health=server.jobs.health)
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatRequest):
         text, image = server.question(body)
+        server.check(1, None, text, body.block_length)
         answer = await server.answer(text, image, body.threshold, body.block_length)
-        metrics.count("/v1/chat/completions", 200)
         metrics.tokens_generated += len(answer.ids)
         out = completion_body(server, "chat.completion", answer, len(tokenizer.encode(text)))
         return StreamingResponse(one_event_stream(out), media_type="text/event-stream") if body.stream else out
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest):
+        server.check(1, None, body.prompt, body.block_length)
         answer = await server.answer(body.prompt, None, body.threshold, body.block_length)
-        metrics.count("/v1/completions", 200)
         return completion_body(server, "text_completion", answer, len(tokenizer.encode(body.prompt)))
 
     @app.post("/v1/images/generations")
     async def generations(body: ImageRequest):
-        out = await server.draw(body.prompt, body.n, body.seed, body.size, body.steps, body.cfg_scale)
-        metrics.count("/v1/images/generations", 200)
-        return out
+        return await server.draw(body.prompt, body.n, body.seed, body.size, body.steps, body.cfg_scale)
 
     @app.post("/v1/images/edits")
     async def edits(image: UploadFile = File(...), prompt: str = Form(...), n: int = Form(1),
@@ -144,10 +156,8 @@ def create_omni_app(model, tokenizer, name: str = "lladao", max_queue: int = 16,
             source = open_image(await image.read(), limits.max_image_pixels)
         except ImageError as error:
             raise APIError(400, f"image: {error}", "image") from None
-        if not 1 <= n <= 8:
-            raise APIError(422, "n: must be between 1 and 8", "n")
-        out = await server.draw(prompt, n, seed, size, None, None, image=source)
-        metrics.count("/v1/images/edits", 200)
-        return out
+        if n < 1:
+            raise APIError(422, "n: must be at least 1", "n")
+        return await server.draw(prompt, n, seed, size, None, None, image=source)
 
     return app

@@ -8,6 +8,10 @@ queue, and a cancelled request (client gone, stop string, timeout) frees its slo
     scheduler = Scheduler(model, max_batch=8, max_queue=64)
     ticket = scheduler.submit(prompt_ids, Settings(max_new_tokens=64))
     async for tokens, result in ticket.events(): ...   # committed tokens so far; the Result at the end
+
+The worker is supervised: an error while admitting a request fails that request (`WorkFailed`,
+raised from `ticket.events()`), an error while stepping an engine fails the rows of that engine
+and drops it; the worker itself keeps running, and `health()` says what state it is in.
 """
 
 from __future__ import annotations
@@ -26,6 +30,14 @@ from ..sampling.policies import FixedSteps, Threshold
 
 class QueueFull(Exception):
     """More requests are waiting than the server accepts; the client should retry later."""
+
+
+class WorkFailed(Exception):
+    """The worker could not run a request: `status` is the HTTP status the client gets."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
 
 
 @dataclass(frozen=True)
@@ -56,14 +68,17 @@ class Ticket:
         self._events: asyncio.Queue = asyncio.Queue()
         self.sent = 0  # committed tokens already announced
 
-    def push(self, tokens: list[int], result: Result | None) -> None:
+    def push(self, tokens: list[int], result: Result | WorkFailed | None) -> None:
         """Called from the worker thread."""
         self.loop.call_soon_threadsafe(self._events.put_nowait, (tokens, result))
 
     async def events(self):
-        """Yield (committed tokens so far, None) as the answer grows, then (tokens, Result)."""
+        """Yield (committed tokens so far, None) as the answer grows, then (tokens, Result);
+        raise WorkFailed when the worker could not run the request."""
         while True:
             tokens, result = await self._events.get()
+            if isinstance(result, WorkFailed):
+                raise result
             yield tokens, result
             if result is not None:
                 return
@@ -79,6 +94,8 @@ class Scheduler:
         self.ids = itertools.count()
         self.tokens_generated = 0
         self.cancelled = 0  # requests dropped while queued or decoding (client gone, stop, timeout)
+        self.failures = 0  # requests the worker failed (an error while admitting or stepping them)
+        self.last_error: str | None = None
         self.worker = threading.Thread(target=self._run, name="omnidlm-engine", daemon=True)
         self.worker.start()
 
@@ -89,6 +106,15 @@ class Scheduler:
     @property
     def queue_depth(self) -> int:
         return max(0, self.outstanding - self.max_batch)
+
+    @property
+    def active_rows(self) -> int:
+        return sum(len(engine.rows) for engine in list(self.engines.values()))
+
+    def health(self) -> dict:
+        """The worker's real state: whether it runs, what it holds, the requests it failed."""
+        return {"worker": "running" if self.worker.is_alive() else "stopped", "active_rows": self.active_rows,
+                "queue_depth": self.queue_depth, "failed_requests": self.failures, "last_error": self.last_error}
 
     def submit(self, prompt_ids: list[int], settings: Settings) -> Ticket:
         """Queue a request; QueueFull when max_batch + max_queue requests are already in."""
@@ -107,10 +133,13 @@ class Scheduler:
     def _run(self) -> None:
         torch.set_grad_enabled(False)
         while True:
-            busy = [s for s, e in self.engines.items() if e.busy]
-            self._take_messages(block=not busy)
-            for settings in busy:
-                self._step(settings)
+            try:
+                busy = [s for s, e in self.engines.items() if e.busy]
+                self._take_messages(block=not busy)
+                for settings in busy:
+                    self._step(settings)
+            except Exception as error:  # a bug outside any one request: note it and keep serving
+                self.last_error = describe(error)
 
     def _take_messages(self, block: bool) -> None:
         try:
@@ -131,18 +160,26 @@ class Scheduler:
                 self.cancelled += 1
             self._finish(request_id, [], Result(request_id, [], 0, "cancelled"))
             return
-        if settings not in self.engines:
-            config = settings.sampling_config(self.model.config)
-            self.engines[settings] = BatchEngine(self.model, config, max_batch=self.max_batch)
         try:
+            if settings not in self.engines:
+                config = settings.sampling_config(self.model.config)
+                self.engines[settings] = BatchEngine(self.model, config, max_batch=self.max_batch)
             self.engines[settings].add(Request(prompt_ids, settings.max_new_tokens, id=request_id))
             self.owner[request_id] = settings
         except ValueError as error:  # validated before submit; a failure here still must answer
-            self._finish(request_id, [], Result(request_id, [], 0, f"error: {error}"))
+            self._fail([request_id], WorkFailed(400, str(error)))
+        except Exception as error:
+            self._fail([request_id], WorkFailed(500, f"the engine could not admit the request: {describe(error)}"))
 
     def _step(self, settings: Settings) -> None:
         engine = self.engines[settings]
-        finished = engine.step()
+        try:
+            finished = engine.step()
+        except Exception as error:  # its rows' state is unknown now: fail them, start afresh
+            del self.engines[settings]
+            rows = [rid for rid, owner in self.owner.items() if owner == settings]
+            self._fail(rows, WorkFailed(500, f"the engine failed while decoding: {describe(error)}"))
+            return
         for request_id, tokens in engine.progress().items():
             ticket = self.tickets.get(request_id)
             if ticket is not None and len(tokens) > ticket.sent:
@@ -153,7 +190,20 @@ class Scheduler:
             self.tokens_generated += len(result.tokens)
             self._finish(result.id, result.tokens, result)
 
-    def _finish(self, request_id: int, tokens: list[int], result: Result) -> None:
+    def _fail(self, request_ids: list[int], failure: WorkFailed) -> None:
+        self.failures += len(request_ids)
+        self.last_error = failure.message
+        for request_id in request_ids:
+            self.owner.pop(request_id, None)
+            self._finish(request_id, [], failure)
+
+    def _finish(self, request_id: int, tokens: list[int], result: Result | WorkFailed) -> None:
         ticket = self.tickets.pop(request_id, None)
         if ticket is not None:
             ticket.push(tokens, result)
+
+
+def describe(error: BaseException) -> str:
+    """An error for a client or a log line: its kind and message, never a repr of objects."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {text[:300]}" if text else type(error).__name__

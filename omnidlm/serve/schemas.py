@@ -1,14 +1,21 @@
 """Request bodies of the OpenAI-compatible routes, validated by pydantic.
 
 The diffusion settings (`steps`, `block_length`, `threshold`, `cfg_scale`) are extra fields beside
-the OpenAI ones; a bad value is a 422 naming the field.
+the OpenAI ones; a bad value is a 422 naming the field. Numbers are finite (no NaN / inf), a
+temperature is 0 (greedy) or at least `MIN_TEMPERATURE` (below it logits / temperature overflow and
+the probabilities are NaN), a seed fits in 64 bits. Bounds that depend on the model or the server's
+flags (`n`, `block_length`, `steps`, prompt lengths) are checked by the app.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
+
+MIN_TEMPERATURE = 1e-3
+SEED = {"ge": 0, "lt": 2**64}  # torch.Generator.manual_seed takes 64 bits
+FINITE = {"allow_inf_nan": False}
 
 
 class ImageURL(BaseModel):
@@ -28,16 +35,23 @@ class Message(BaseModel):
 
 class DiffusionSettings(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    seed: int | None = None
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0, **FINITE)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0, **FINITE)
+    seed: int | None = Field(default=None, **SEED)
     stop: str | list[str] | None = None
-    n: int = Field(default=1, ge=1, le=8)
+    n: int = Field(default=1, ge=1)
     stream: bool = False
     steps: int | None = Field(default=None, ge=1)
     block_length: int | None = Field(default=None, ge=1)
-    threshold: float | None = Field(default=None, gt=0.0, le=1.0)
-    cfg_scale: float = Field(default=0.0, ge=0.0)
+    threshold: float | None = Field(default=None, gt=0.0, le=1.0, **FINITE)
+    cfg_scale: float = Field(default=0.0, ge=0.0, **FINITE)
+
+    @field_validator("temperature")
+    @classmethod
+    def _not_denormal(cls, value: float) -> float:
+        if 0 < value < MIN_TEMPERATURE:
+            raise ValueError(f"must be 0 (greedy) or at least {MIN_TEMPERATURE}, got {value}")
+        return value
 
 
 class ChatRequest(DiffusionSettings):
@@ -53,12 +67,12 @@ class CompletionRequest(DiffusionSettings):
 class ImageRequest(BaseModel):
     model: str | None = None
     prompt: str = Field(min_length=1)
-    n: int = Field(default=1, ge=1, le=8)
+    n: int = Field(default=1, ge=1)
     size: str | None = None  # None: the size the model draws
-    seed: int | None = None
+    seed: int | None = Field(default=None, **SEED)
     response_format: Literal["b64_json"] = "b64_json"
     steps: int | None = Field(default=None, ge=1)
-    cfg_scale: float | None = Field(default=None, ge=0.0)
+    cfg_scale: float | None = Field(default=None, ge=0.0, **FINITE)
 
 
 def stop_strings(stop: str | list[str] | None) -> list[str]:
