@@ -8,9 +8,12 @@ import torch
 from omnidlm.data import omni_batches as OB
 from omnidlm.data.char_tokenizer import build_char_tokenizer
 from omnidlm.sampling import image as I
+from omnidlm.sampling.image import FlowSettings
 from omnidlm.sampling import omni as S
 from omnidlm.sequence.tokenizer import Tokenizer
 from omnidlm.train import omni as O
+
+E = FlowSettings.euler  # settings for N Euler steps
 
 TOK = Tokenizer(build_char_tokenizer())
 CODEC = OB.PromptCodec(TOK)
@@ -100,8 +103,8 @@ def test_understand_bad_inputs(model):
 
 
 def test_draw_shapes_and_determinism(model):
-    a = I.draw_lladao(model, TOK, ["a handwritten digit 3", "a handwritten digit 4"], n=2, steps=3, seed=1)
-    b = I.draw_lladao(model, TOK, ["a handwritten digit 3", "a handwritten digit 4"], n=2, steps=3, seed=1)
+    a = I.draw_lladao(model, TOK, ["a handwritten digit 3", "a handwritten digit 4"], n=2, settings=E(3), seed=1)
+    b = I.draw_lladao(model, TOK, ["a handwritten digit 3", "a handwritten digit 4"], n=2, settings=E(3), seed=1)
     assert a.shape == (4, 16, 16) and a.min() >= 0 and a.max() <= 1
     np.testing.assert_array_equal(a, b)
 
@@ -115,13 +118,13 @@ def test_text_cfg_only_inside_the_interval(model, monkeypatch):
         return real(self, m, x, t)
 
     monkeypatch.setattr(I._Rows, "velocity", spy)
-    I.draw_lladao(model, TOK, ["a handwritten digit 3"], steps=10, cfg=3.0, interval=(0.4, 1.0))
+    I.draw_lladao(model, TOK, ["a handwritten digit 3"], settings=E(10, cfg_text_scale=3.0, cfg_interval=(0.4, 1.0)))
     uncond_t = [t for t, un in seen if un]
     cond_t = [t for t, un in seen if not un]
     assert len(cond_t) == 10 and 0 < len(uncond_t) < 10
     assert all(0.4 < t <= 1.0 for t in uncond_t)
     seen.clear()
-    I.draw_lladao(model, TOK, ["a handwritten digit 3"], steps=4, cfg=1.0)
+    I.draw_lladao(model, TOK, ["a handwritten digit 3"], settings=E(4, cfg_text_scale=1.0))
     assert not any(un for _, un in seen)
 
 
@@ -129,9 +132,16 @@ def test_editing_uses_the_image_branch(model, monkeypatch):
     calls = []
     real = I._Rows.velocity
     monkeypatch.setattr(I._Rows, "velocity", lambda self, m, x, t: calls.append(len(self.batch.vit)) or real(self, m, x, t))
-    out = I.draw_lladao(model, TOK, ["the digit plus one"], steps=2, cfg=1.0, image=np.zeros((16, 16)), img_cfg=2.0)
+    out = I.draw_lladao(model, TOK, ["the digit plus one"], settings=E(2, cfg_text_scale=2.0, cfg_img_scale=2.0),
+                        image=np.zeros((16, 16)))
     assert out.shape == (1, 16, 16)
-    assert calls.count(1) == 2 and calls.count(0) == 2  # conditional with the image, unconditional without
+    # both steps (t = 1, 0.75) are inside the interval: conditional and text-unconditional rows with the
+    # image, the image-unconditional row without it
+    assert calls.count(1) == 4 and calls.count(0) == 2
+    calls.clear()  # as published, image CFG acts only together with text CFG
+    I.draw_lladao(model, TOK, ["the digit plus one"], settings=E(2, cfg_text_scale=1.0, cfg_img_scale=2.0),
+                  image=np.zeros((16, 16)))
+    assert calls == [1, 1]
 
 
 def test_draw_refuses_models_without_generation_and_empty_prompts(model):
@@ -139,6 +149,6 @@ def test_draw_refuses_models_without_generation_and_empty_prompts(model):
     cfg.vae = None
     und_only = O.LLaDAO(cfg)
     with pytest.raises(ValueError, match="no generation expert"):
-        I.draw_lladao(und_only, TOK, ["a handwritten digit 3"], steps=1)
+        I.draw_lladao(und_only, TOK, ["a handwritten digit 3"], settings=E(1))
     with pytest.raises(ValueError, match="empty"):
-        I.draw_lladao(model, TOK, [""], steps=1)
+        I.draw_lladao(model, TOK, [""], settings=E(1))

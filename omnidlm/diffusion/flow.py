@@ -63,7 +63,8 @@ def timesteps(steps: int, shift: float = 3.0) -> torch.Tensor:
     """The Euler grid: steps + 1 times from 1 to 0, shifted (more steps spent near the noise end)."""
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
-    return shift_t(torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64), shift)  # (steps + 1,)
+    # float32, as the published sampler builds its grid: the CFG interval is compared on these values
+    return shift_t(torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float32), shift)  # (steps + 1,)
 
 
 def euler_sample(velocity_fn: Callable[[torch.Tensor, float], torch.Tensor], x1: torch.Tensor,
@@ -72,7 +73,7 @@ def euler_sample(velocity_fn: Callable[[torch.Tensor, float], torch.Tensor], x1:
     grid = timesteps(steps, shift)
     x = x1
     for i in _progress(range(steps), progress, desc):
-        t, dt = float(grid[i]), float(grid[i] - grid[i + 1])
+        t, dt = float(grid[i]), float(grid[i] - grid[i + 1])  # float32 values, like the published dts
         x = x - velocity_fn(x, t).to(x.dtype) * dt  # (B, ...)
     return x
 
@@ -86,6 +87,15 @@ def _progress(it, enabled: bool, desc: str):
 
 
 # --- classifier-free guidance --------------------------------------------------------------------
+# LLaDA-o's published rule (docs/architecture.md, "Drawing"): velocities are packed latent tokens
+# (B, tokens, p p C), so `channel` norms are per token, `global` norms per sample.
+
+RENORM_TYPES = ("global", "channel", "text_channel", "none")
+
+
+def cfg_mix(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
+    """Plain classifier-free guidance: uncond + scale (cond - uncond)."""
+    return uncond + scale * (cond - uncond)
 
 
 def _norm(v: torch.Tensor, channel: bool) -> torch.Tensor:
@@ -96,50 +106,57 @@ def _norm(v: torch.Tensor, channel: bool) -> torch.Tensor:
 
 
 def renorm(guided: torch.Tensor, reference: torch.Tensor, channel: bool = False, min_scale: float = 0.0) -> torch.Tensor:
-    """Scale `guided` down so its norm is at most the reference's: guidance steers, never amplifies."""
+    """Scale `guided` down so its norm is at most the reference's: guidance steers, never amplifies
+    (the scale is clamped to [min_scale, 1])."""
     scale = (_norm(reference, channel) / (_norm(guided, channel) + 1e-8)).clamp(min=min_scale, max=1.0)
     return (guided.float() * scale).to(guided.dtype)
 
 
 def in_interval(t: float, interval: tuple[float, float]) -> bool:
-    """Guidance acts for t in (low, high]: not at the end of sampling, where it oversaturates."""
-    return interval[0] < t <= interval[1]
+    """Guidance acts for t in (low, high]: not at the end of sampling, where it oversaturates. The
+    comparison is in float32, as the published sampler compares its float32 grid."""
+    t32, (lo, hi) = torch.tensor(t, dtype=torch.float32), (torch.tensor(x, dtype=torch.float32) for x in interval)
+    return bool(lo < t32) and bool(t32 <= hi)
 
 
-def cfg_velocity(v_cond: torch.Tensor, v_text_uncond: torch.Tensor, t: float, text_scale: float = 4.0,
-                 interval: tuple[float, float] = (0.4, 1.0), v_img_uncond: torch.Tensor | None = None,
-                 img_scale: float = 1.0, renorm_mode: str = "global", min_scale: float = 0.0) -> torch.Tensor:
-    """Guided velocity from the conditional and unconditional ones (all (B, ...)).
+def cfg_velocity(v_cond: torch.Tensor, v_text_uncond: torch.Tensor, text_scale: float,
+                 v_img_uncond: torch.Tensor | None = None, img_scale: float = 1.0,
+                 renorm_type: str = "global", renorm_min: float = 0.0) -> torch.Tensor:
+    """The guided velocity from the conditional and unconditional ones (all (B, ...)), as published:
 
-    1. text CFG inside the interval: v = v_un + s_text (v_cond - v_un);
-    2. image CFG (editing) when img_scale > 1: v = v_img_un + s_img (v - v_img_un);
-    3. re-scale so the guided norm does not exceed the conditional norm (`global`: per sample,
-       `channel`: per token over the last dim, `none`: off).
+    1. text CFG, only when text_scale > 1: v_t = v_un + s_text (v_cond - v_un);
+       `text_channel`: v_t re-scaled per token to at most ||v_cond|| now;
+    2. image CFG (editing), only with text CFG on and img_scale > 1: v = v_img_un + s_img (v_t - v_img_un);
+    3. `global` (per sample) / `channel` (per token): v re-scaled to at most ||v_cond||; `none`: off.
+    The re-scaling factor is clamped to [renorm_min, 1].
     """
-    if renorm_mode not in ("global", "channel", "none"):
-        raise ValueError(f"renorm_mode must be 'global', 'channel' or 'none', got {renorm_mode!r}")
-    scale = text_scale if in_interval(t, interval) else 1.0
-    v = v_text_uncond + scale * (v_cond - v_text_uncond)
+    if renorm_type not in RENORM_TYPES:
+        raise ValueError(f"cfg renorm type must be one of {', '.join(RENORM_TYPES)}, got {renorm_type!r}")
+    if text_scale <= 1.0:
+        return v_cond  # the published sampler guides nothing (image CFG included) without text CFG
+    v = cfg_mix(v_cond, v_text_uncond, text_scale)
+    if renorm_type == "text_channel":
+        v = renorm(v, v_cond, channel=True, min_scale=renorm_min)
     if v_img_uncond is not None and img_scale > 1.0:
-        v = v_img_uncond + img_scale * (v - v_img_uncond)
-    if renorm_mode == "none":
-        return v
-    return renorm(v, v_cond, channel=renorm_mode == "channel", min_scale=min_scale)
+        v = cfg_mix(v, v_img_uncond, img_scale)
+    if renorm_type in ("global", "channel"):
+        v = renorm(v, v_cond, channel=renorm_type == "channel", min_scale=renorm_min)
+    return v
 
 
 def guided(cond: Callable, text_uncond: Callable | None = None, text_scale: float = 4.0,
            interval: tuple[float, float] = (0.4, 1.0), img_uncond: Callable | None = None,
-           img_scale: float = 1.0, renorm_mode: str = "global") -> Callable:
-    """A velocity_fn applying CFG; unconditional branches are skipped where their scale is off."""
+           img_scale: float = 1.0, renorm_type: str = "global", renorm_min: float = 0.0) -> Callable:
+    """A velocity_fn applying CFG (`cfg_velocity`); outside the interval both scales are 1 (no
+    guidance), and an unconditional branch runs only where its result is used."""
+    if renorm_type not in RENORM_TYPES:
+        raise ValueError(f"cfg renorm type must be one of {', '.join(RENORM_TYPES)}, got {renorm_type!r}")
 
     def velocity(x: torch.Tensor, t: float) -> torch.Tensor:
         v_cond = cond(x, t)
-        text_on = text_uncond is not None and text_scale != 1.0 and in_interval(t, interval)
-        img_on = img_uncond is not None and img_scale > 1.0
-        if not (text_on or img_on):
+        if text_uncond is None or text_scale <= 1.0 or not in_interval(t, interval):
             return v_cond
-        v_text = text_uncond(x, t) if text_on else v_cond
-        v_img = img_uncond(x, t) if img_on else None
-        return cfg_velocity(v_cond, v_text, t, text_scale if text_on else 1.0, interval, v_img, img_scale, renorm_mode)
+        v_img = img_uncond(x, t) if img_uncond is not None and img_scale > 1.0 else None
+        return cfg_velocity(v_cond, text_uncond(x, t), text_scale, v_img, img_scale, renorm_type, renorm_min)
 
     return velocity

@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 from ..data.digits import QUESTION, WORDS, caption, digit_images, question_answer
-from ..sampling.image import draw_lladao
+from ..sampling.image import FlowSettings, draw_lladao
 from ..sampling.omni import understand
 from .judge import DigitJudge
 
@@ -53,7 +53,8 @@ def drawing_accuracy(model, tokenizer, per_digit: int = 3, seed: int = 0, steps:
     """Draw `per_digit` images of every digit from "a handwritten digit N"; judge them with the SVC."""
     start = time.time()
     prompts = [caption(d) for d in range(10)]
-    images = draw_lladao(model, tokenizer, prompts, n=per_digit, seed=seed, steps=steps, cfg=cfg, progress=progress)
+    images = draw_lladao(model, tokenizer, prompts, n=per_digit, seed=seed,
+                         settings=FlowSettings.euler(steps, cfg_text_scale=cfg), progress=progress)
     labels = np.repeat(np.arange(10), per_digit)
     predicted = DigitJudge.fit().predict(images)
     seconds = time.time() - start

@@ -43,6 +43,7 @@ from .llada import LLAMA_NAMES, _layer_rules, llama_config, llama_config_json
 LLM_CONFIG, VIT_CONFIG, AE, AE_CONFIG = "llm_config.json", "vit_config.json", "ae.safetensors", "ae_config.json"
 AE_PARAMS = "ae_params.json"
 EMA, EMA_INDEX = "ema.safetensors", "ema.safetensors.index.json"
+NEW_TOKEN_IDS = "new_token_ids.json"  # the published `add_special_tokens` ids, when no tokenizer ships
 
 
 @dataclass(frozen=True)
@@ -353,3 +354,15 @@ def save_lladao(model: LLaDAO, path: str | Path, max_shard_bytes: int | None = N
             if dict(cfg.vae) != FLUX_VAE:
                 write_json(tmp / AE_CONFIG, dict(cfg.vae))
     return Path(path)
+
+
+def image_marker_ids(path: str | Path) -> tuple[int, int] | None:
+    """(start_of_image, end_of_image) from the directory's new_token_ids.json, None without one."""
+    file = Path(path) / NEW_TOKEN_IDS
+    if not file.is_file():
+        return None
+    ids = _read_json(Path(path), NEW_TOKEN_IDS)
+    try:
+        return int(ids["start_of_image"]), int(ids["end_of_image"])
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"{file}: needs integer 'start_of_image' and 'end_of_image'") from None

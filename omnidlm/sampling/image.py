@@ -28,14 +28,16 @@ condition).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ..data import omni_batches as OB
 from ..diffusion import flow
-from ..models.latents import decode_latents, encode_latents, vae_downsample
+from ..models.latents import decode_latents, encode_latents, patchify, unpatchify, vae_downsample
 from ..sequence.masks import block_causal_mask
+from ..sequence.segments import text, vae_image
 from .engine import BatchEngine, Request
 from .omni import model_image_size, prepare_image
 from .reference import gumbel_argmax
@@ -44,33 +46,99 @@ from .uni import codec_of, encode_images, sampling_config
 # --- LLaDA-o: the flow ODE over VAE latents ------------------------------------------------------------
 
 
-def _latent_shape(model, size: int | None) -> tuple[int, int]:
-    f = vae_downsample(model.config.vae)
-    side = (size or int(model.config.vae["sample_size"])) // f
-    if side % model.config.latent_patch_size:
-        raise ValueError(f"image size {size} gives {side} latent cells, not a multiple of the latent patch size")
-    return model.config.latent_channels, side
+@dataclass(frozen=True)
+class FlowSettings:
+    """LLaDA-o's text-to-image knobs, named and meant as the published inferencer's `gen_image`."""
+
+    num_timesteps: int = 31  # points of the grid t = 1 -> 0: num_timesteps - 1 Euler steps
+    timestep_shift: float = 3.0  # t' = shift t / (1 + (shift - 1) t) on the grid
+    cfg_text_scale: float = 4.0  # text CFG (unconditional: the empty context); <= 1: off
+    cfg_img_scale: float = 1.0  # image CFG when editing (unconditional: no image); needs text CFG on
+    cfg_interval: tuple[float, float] = (0.4, 1.0)  # CFG acts for t in (low, high]
+    cfg_renorm_min: float = 0.0  # the re-scaling factor's lower clamp
+    cfg_renorm_type: str = "global"  # global | channel | text_channel (flow.cfg_velocity)
+
+    def __post_init__(self):
+        if self.num_timesteps < 2:
+            raise ValueError(f"num_timesteps must be at least 2 (one Euler step), got {self.num_timesteps}")
+        if self.cfg_renorm_type not in ("global", "channel", "text_channel"):
+            raise ValueError(f"cfg_renorm_type must be global, channel or text_channel, got {self.cfg_renorm_type!r}")
+        lo, hi = self.cfg_interval
+        if not 0.0 <= lo <= hi <= 1.0:
+            raise ValueError(f"cfg_interval must be LOW HIGH with 0 <= LOW <= HIGH <= 1, got {lo} {hi}")
+        if not 0.0 <= self.cfg_renorm_min <= 1.0:
+            raise ValueError(f"cfg_renorm_min must be in [0, 1], got {self.cfg_renorm_min}")
+
+    @classmethod
+    def euler(cls, steps: int, **kw) -> "FlowSettings":
+        """Settings for `steps` Euler steps (num_timesteps = steps + 1)."""
+        return cls(num_timesteps=steps + 1, **kw)
+
+    @property
+    def steps(self) -> int:
+        return self.num_timesteps - 1
+
+
+def latent_shape(model, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:
+    """(C, H/f, W/f) of the latents of an H x W image (default: the VAE's sample size, square)."""
+    f, p = vae_downsample(model.config.vae), model.config.latent_patch_size
+    H = height or int(model.config.vae["sample_size"])
+    W = width or H
+    if H < 1 or W < 1 or H % (f * p) or W % (f * p):
+        raise ValueError(f"image height and width must be positive multiples of {f * p} (VAE downsampling {f} x "
+                         f"latent patch {p}), got {H}x{W}")
+    return model.config.latent_channels, H // f, W // f
+
+
+def published_sample(prompt_ids: list[int] | None, n_tokens: int, bos: int, eos: int,
+                     markers: tuple[int, int]) -> OB.Sample:
+    """The published inferencer's layout: [bos] ids [eos] (full attention) | noisy latents with their
+    markers at the next position; no prompt (`None`): the empty context, the image at position 0."""
+    context = [] if prompt_ids is None else [bos, *prompt_ids, eos]
+    segs = ([text(len(context), "full")] if context else []) + [vae_image(n_tokens, noisy=True)]
+    return OB.Sample(segs, context + [markers[0]] + [0] * n_tokens + [markers[1]])
 
 
 class _Rows:
-    """A fixed batch of generation rows (same prompt shapes per call) and its layout."""
+    """A fixed batch of generation rows (one sample each) and its layout; velocities in packed tokens."""
 
-    def __init__(self, model, codec, prompts: list[str], n_vae: int, cond_pixels=None, cond_latent=None):
-        self.vit_n = 0
-        if cond_pixels is not None:
-            self.vit_n = (cond_pixels.shape[-1] // model.vit.patch_size) ** 2
-        samples = [OB.generation_sample(codec, p, None, n_vae, cond_pixels, cond_latent, self.vit_n) for p in prompts]
+    def __init__(self, model, samples: list[OB.Sample], grid: tuple[int, int]):
         self.batch = OB.collate(samples, model.config.llm.eos_id)
-        self.n = len(prompts)
+        self.grid, self.p = grid, model.config.latent_patch_size  # latent tokens (h, w), patch size
 
     def velocity(self, model, x: torch.Tensor, t: float) -> torch.Tensor:
-        """x (n, C, h, w) -> v (n, C, h, w) for these rows."""
-        noisy = list(x)
+        """x (n, h w, p p C) packed noisy latents -> v (n, h w, p p C) for these rows."""
+        noisy = list(unpatchify(x, *self.grid, self.p))  # (C, h p, w p) each
         latents, flags = OB.latents_in_order(self.batch, noisy)
         times = torch.tensor([t if f else 0.0 for f in flags])
         out = model(self.batch.input_ids, self.batch.layout, vit_images=self.batch.vit, latents=latents,
                     timesteps=times, compute_logits=False)
-        return torch.stack([v for v, f in zip(out.velocity, flags) if f])
+        return patchify(torch.stack([v for v, f in zip(out.velocity, flags) if f]), self.p)
+
+
+def initial_noise(n: int, shape: tuple[int, int, int], p: int, seed: int) -> torch.Tensor:
+    """(n, h w, p p C) packed noise, one torch.randn(h w, p p C) per image from one generator (so
+    image 0 is the published `prepare_vae_latent`'s noise after torch.manual_seed(seed))."""
+    C, h, w = shape
+    g = torch.Generator().manual_seed(seed)
+    return torch.stack([torch.randn((h // p) * (w // p), p * p * C, generator=g) for _ in range(n)])
+
+
+def _solve(model, rows: _Rows, text_un: _Rows | None, img_un: _Rows | None, x1: torch.Tensor,
+           settings: FlowSettings, progress: bool) -> torch.Tensor:
+    """The guided Euler ODE from packed noise x1 (n, h w, p p C) -> latents (n, C, h p, w p)."""
+    def branch(r):
+        return (lambda x, t: r.velocity(model, x, t)) if r is not None else None
+
+    fn = flow.guided(branch(rows), branch(text_un), settings.cfg_text_scale, settings.cfg_interval,
+                     branch(img_un), settings.cfg_img_scale, settings.cfg_renorm_type, settings.cfg_renorm_min)
+    tokens = flow.euler_sample(fn, x1, steps=settings.steps, shift=settings.timestep_shift, progress=progress)
+    return unpatchify(tokens, *rows.grid, rows.p)
+
+
+def _check_can_draw_lladao(model) -> None:
+    if not model.can_draw:
+        raise ValueError("this model has no generation expert (no VAE / *_moe_gen weights): it cannot draw")
 
 
 def to_gray(pixels: torch.Tensor) -> torch.Tensor:
@@ -78,41 +146,73 @@ def to_gray(pixels: torch.Tensor) -> torch.Tensor:
     return ((pixels.float().mean(dim=1) + 1) / 2).clamp(0, 1)
 
 
-@torch.no_grad()
-def draw_lladao(model, tokenizer, prompts: list[str], n: int = 1, seed: int = 0, steps: int = 50,
-                shift: float = 3.0, cfg: float = 4.0, interval: tuple[float, float] = (0.4, 1.0),
-                renorm: str = "global", image: np.ndarray | None = None, img_cfg: float = 1.0,
-                progress: bool = False, size: int | None = None, return_latents: bool = False):
-    """Draw `n` images per prompt with LLaDA-o -> (len(prompts) * n, H, W) in [0, 1] (prompt-major).
+def to_uint8(pixels: torch.Tensor) -> np.ndarray:
+    """Decoded pixels (N, 3, H, W) -> (N, H, W, 3) uint8 as the published `decode_image` (truncating)."""
+    return ((pixels.float() * 0.5 + 0.5).clamp(0, 1) * 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
-    With `image`, edit it: the image is a condition (ViT + clean VAE latents) and `img_cfg` > 1
-    guides toward it (unconditional: the same prompt without the image).
+
+@torch.no_grad()
+def draw_lladao(model, tokenizer, prompts: list[str], n: int = 1, seed: int = 0,
+                settings: FlowSettings | None = None, image: np.ndarray | None = None, size: int | None = None,
+                progress: bool = False, return_latents: bool = False):
+    """Draw `n` images per text prompt with LLaDA-o -> (len(prompts) * n, H, W) in [0, 1] (prompt-major).
+
+    Prompts take the layout the model's recipe trained with (`data/omni_batches.generation_sample`);
+    text CFG's unconditional row is the empty prompt. With `image`, edit it: the image is a condition
+    (ViT + clean VAE latents) and `cfg_img_scale` > 1 guides toward it (unconditional: no image).
     """
-    if not model.can_draw:
-        raise ValueError("this model has no generation expert (no VAE / *_moe_gen weights): it cannot draw")
+    _check_can_draw_lladao(model)
     if not prompts or any(not p or not p.strip() for p in prompts):
         raise ValueError("the drawing prompt is empty")
-    codec = OB.PromptCodec(tokenizer)
-    C, side = _latent_shape(model, size)
-    n_vae = (side // model.config.latent_patch_size) ** 2
-    cond_px = cond_z = None
+    settings = settings or FlowSettings()
+    codec, shape, p = OB.PromptCodec(tokenizer), latent_shape(model, size), model.config.latent_patch_size
+    grid = (shape[1] // p, shape[2] // p)
+    n_vae, cond_px, cond_z, vit_n = grid[0] * grid[1], None, None, 0
     if image is not None:
         if not model.can_see:
             raise ValueError("this model has no vision encoder: it cannot edit an image")
         cond_px = prepare_image(image, model_image_size(model))
-        cond_z = encode_latents(model.vae, prepare_image(image, side * vae_downsample(model.config.vae))[None])[0]
-    wanted = [p for p in prompts for _ in range(n)]
-    rows = _Rows(model, codec, wanted, n_vae, cond_px, cond_z)
-    text_un = _Rows(model, codec, [""] * len(wanted), n_vae, cond_px, cond_z) if cfg != 1.0 else None
-    img_un = _Rows(model, codec, wanted, n_vae) if image is not None and img_cfg > 1.0 else None
-    fn = flow.guided(lambda x, t: rows.velocity(model, x, t),
-                     (lambda x, t: text_un.velocity(model, x, t)) if text_un else None, cfg, interval,
-                     (lambda x, t: img_un.velocity(model, x, t)) if img_un else None, img_cfg, renorm)
-    g = torch.Generator().manual_seed(seed)
-    x1 = torch.randn(len(wanted), C, side, side, generator=g)
-    z = flow.euler_sample(fn, x1, steps=steps, shift=shift, progress=progress)
+        vit_n = (cond_px.shape[-1] // model.vit.patch_size) ** 2
+        cond_z = encode_latents(model.vae, prepare_image(image, shape[1] * vae_downsample(model.config.vae))[None])[0]
+    wanted = [q for q in prompts for _ in range(n)]
+
+    def rows(texts, with_image=True):
+        px, z = (cond_px, cond_z) if with_image else (None, None)
+        return _Rows(model, [OB.generation_sample(codec, q, None, n_vae, px, z, vit_n) for q in texts], grid)
+
+    text_un = rows([""] * len(wanted)) if settings.cfg_text_scale > 1.0 else None
+    img_un = rows(wanted, False) if image is not None and settings.cfg_img_scale > 1.0 else None
+    z = _solve(model, rows(wanted), text_un, img_un, initial_noise(len(wanted), shape, p, seed), settings, progress)
     images = to_gray(decode_latents(model.vae, z)).numpy()  # (N, H, W)
     return (images, z) if return_latents else images
+
+
+@torch.no_grad()
+def draw_lladao_ids(model, prompt_ids: list[int], height: int | None = None, width: int | None = None,
+                    settings: FlowSettings | None = None, init_noise: torch.Tensor | None = None, seed: int = 0,
+                    markers: tuple[int, int] | None = None, progress: bool = False) -> torch.Tensor:
+    """One latent (C, H/f, W/f) for prompt token ids, as the published inferencer draws it: the
+    context [bos] ids [eos] (full attention), text CFG against the empty context, the image markers
+    `markers` (start, end of image; default the project's). `init_noise` (C, H/f, W/f): the starting noise (default: the
+    published draw after torch.manual_seed(seed))."""
+    _check_can_draw_lladao(model)
+    if not prompt_ids:
+        raise ValueError("the drawing prompt (prompt ids) is empty")
+    settings, markers = settings or FlowSettings(), markers or (OB.IMG_START, OB.IMG_END)
+    shape, p, llm = latent_shape(model, height, width), model.config.latent_patch_size, model.config.llm
+    grid = (shape[1] // p, shape[2] // p)
+    if init_noise is None:
+        x1 = initial_noise(1, shape, p, seed)
+    elif tuple(init_noise.shape) != shape:
+        raise ValueError(f"the initial noise must be (C, H/f, W/f) = {shape}, got {tuple(init_noise.shape)}")
+    else:
+        x1 = patchify(init_noise.float()[None], p)  # (1, h w, p p C)
+
+    def rows(ids):
+        return _Rows(model, [published_sample(ids, grid[0] * grid[1], llm.bos_id, llm.eos_id, markers)], grid)
+
+    text_un = rows(None) if settings.cfg_text_scale > 1.0 else None
+    return _solve(model, rows(list(prompt_ids)), text_un, None, x1, settings, progress)[0]
 
 
 # --- Uni: code grids by block diffusion ----------------------------------------------------------------
@@ -250,8 +350,7 @@ def decoder_velocity(decoder, codes: torch.Tensor | None, cfg_scale: float = 1.0
         B = x.shape[0]
         keep = torch.arange(2 * B, device=x.device) < B  # first half conditional, second null
         v = decoder.velocity(torch.cat([x, x]), t, torch.cat([codes, codes]), keep)
-        # plain CFG at every step: no interval, no norm re-scaling (flow.cfg_velocity's options off)
-        return flow.cfg_velocity(v[:B], v[B:], t, cfg_scale, interval=(0.0, 1.0), renorm_mode="none")
+        return flow.cfg_mix(v[:B], v[B:], cfg_scale)  # plain CFG at every step: no interval, no re-scaling
 
     return guided
 

@@ -90,7 +90,7 @@ class OmniServer:
                               block_length=block_length or 32, threshold=threshold or 0.95)
 
     async def draw(self, prompt: str, n: int, seed: int | None, size: str | None, steps, cfg, image=None):
-        from ..sampling.image import draw_lladao
+        from ..sampling.image import FlowSettings, draw_lladao
 
         if not self.model.can_draw:
             raise APIError(400, f"model {self.name!r} has no image generator", "model")
@@ -98,7 +98,8 @@ class OmniServer:
             raise APIError(400, f"size {size!r} is not supported; this model draws {self.size}x{self.size}", "size")
         self.check(n, steps, prompt)
         images = await self.run(draw_lladao, self.model, self.tokenizer, [prompt], n=n, seed=seed or 0,
-                                steps=steps or 30, cfg=4.0 if cfg is None else cfg, image=image)
+                                settings=FlowSettings.euler(steps or 30, cfg_text_scale=4.0 if cfg is None else cfg),
+                                image=image)
         return {"created": int(time.time()), "data": [{"b64_json": encode_png(im)} for im in images]}
 
 
