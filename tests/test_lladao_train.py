@@ -137,7 +137,7 @@ def test_batched_vit_embedding_matches_one_image_at_a_time(tiny):
 def test_recipe_vision_lr_and_understanding_warmup():
     cfg = dataclasses.replace(O.digits_lladao_tiny(), vision_lr_mult=3.0, und_warmup=2, gen_fraction=0.5)
     model = O.LLaDAO(O.model_config(cfg))
-    opt = O._optimizer(model, cfg)
+    opt = O.omni_loop(model, cfg).optimizer
     vision = {id(p) for n, p in model.named_parameters() if n.startswith(("vit.", "connector."))}
     for group in opt.param_groups:
         assert group["lr_mult"] == (3.0 if id(group["params"][0]) in vision else 1.0)

@@ -107,12 +107,12 @@ def test_short_training_lowers_the_loss_and_restarts_dead_codes():
     pixels += 0.1 * torch.randn(pixels.shape, generator=g)
     losses, restarts = [], []
 
-    def progress(step, info):
+    def record(loop, info):  # a loop hook: runs after the restart of the same step
         losses.append(info["loss"])
         restarts.append(info.get("restarted", 0))
 
     cfg = TokenizerTrain(steps=100, batch_size=16, lr=3e-3, restart_every=10, degrees=0, zoom=0, translate=0)
-    stats = train_tokenizer(vq, pixels, labels, cfg, heldout=(pixels[:8], labels[:8]), progress=progress)
+    stats = train_tokenizer(vq, pixels, labels, cfg, heldout=(pixels[:8], labels[:8]), hooks=[record])
     assert sum(losses[-10:]) < 0.7 * sum(losses[:10])  # about 0.5 on seeds 0-4
     assert stats["train_accuracy"] == 1.0 and stats["heldout_accuracy"] == 1.0
     assert sum(restarts) == stats["restarted"] > 0  # random codes start dead and are moved

@@ -99,7 +99,7 @@ def load_or_train(args, load, train, recipe, parts: str):
         return load(args.model), None, str(args.model)
     cfg, target = recipe(), Path(args.out) / "model"
     print(f"training recipe {cfg.recipe} into {target} ({parts}) ...")
-    _, summary = train(cfg, target, progress=True)
+    _, summary = train(cfg, target, progress=True, force=True)
     return load(target), summary, str(target)
 
 

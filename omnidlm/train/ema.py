@@ -5,7 +5,9 @@
     ema.state_dict()  # {parameter name: shadow}, full tensors (gathered when FSDP shards them)
 
 Works on plain, DDP-wrapped and FSDP2-sharded models: the shadows have the parameters' own type
-(a sharded DTensor stays sharded), and names are taken from the unwrapped module.
+(a sharded DTensor stays sharded), and names are taken from the unwrapped module. With `into`
+(a copy of the model) the shadows are that module's own parameters, so it *is* the EMA model
+(the decoder's distillation uses it as its consistency target).
 """
 
 from __future__ import annotations
@@ -25,11 +27,17 @@ def full_tensor(t: torch.Tensor) -> torch.Tensor:
 
 
 class EMA:
-    def __init__(self, model: nn.Module, decay: float):
+    def __init__(self, model: nn.Module, decay: float, into: nn.Module | None = None):
         if not 0.0 < decay < 1.0:
             raise ValueError(f"ema decay must be in (0, 1), got {decay}")
-        self.decay = decay
-        self.shadow = {name: p.detach().clone() for name, p in unwrap(model).named_parameters() if p.requires_grad}
+        self.decay, self.into = decay, into
+        trained = [name for name, p in unwrap(model).named_parameters() if p.requires_grad]
+        if into is not None:
+            own = dict(into.named_parameters())
+            self.shadow = {name: own[name].data for name in trained}
+        else:
+            params = dict(unwrap(model).named_parameters())
+            self.shadow = {name: params[name].detach().clone() for name in trained}
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:

@@ -19,15 +19,18 @@ from ..sampling.reference import generate_llada2
 
 @torch.no_grad()
 def synthetic_exact_match(model, tokenizer, n: int = 64, threshold: float = 0.95, steps: int | None = None,
-                          start: int = 0) -> dict:
-    """Score held-out examples start .. start + n - 1; returns exact match, char accuracy, timings."""
+                          start: int = 0, progress: bool = False) -> dict:
+    """Score held-out examples start .. start + n - 1; returns exact match, char accuracy, timings.
+    `progress`: a bar over the examples (the final evaluation of a run takes minutes on a CPU)."""
+    from tqdm.auto import tqdm
+
     cfg = model.config
     block = cfg.block_size
     gen_length = -(-(MAX_DIGITS + 1) // block) * block  # room for the longest answer and its EOS
     was_training = model.training
     model.eval()
     hits, chars, tokens, t0 = 0, 0.0, 0, time.perf_counter()
-    for messages, answer in heldout(start + n)[start:]:
+    for messages, answer in tqdm(heldout(start + n)[start:], desc="eval", unit="example", disable=not progress):
         prompt, _ = encode_example(messages, answer, tokenizer, cfg.eos_id)
         out = generate_llada2(model, prompt, gen_length=gen_length, block_length=block, steps=steps or block,
                               threshold=threshold)[0]

@@ -1,7 +1,7 @@
 """Training the LLaDA-o omni model (REFERENCE.md §3) on the real digits: recipe `digits-lladao`.
 
-A small loop of its own, because the shared trainer (`train/trainer.py`) builds a text `Backbone`
-from a `ModelConfig`; the omni model needs images, two processes and a frozen VAE. Steps:
+Its stages run on the shared loop (`train/loop.py`); the model needs images, two processes and a
+frozen VAE, which the text trainer (`train/trainer.py`) does not build. Steps:
 
     1. train a tiny `AutoencoderKL` on the training digits (MSE + small KL), then freeze it and set
        its scale / shift so the latents have zero mean and unit variance;
@@ -12,15 +12,14 @@ from a `ModelConfig`; the omni model needs images, two processes and a frozen VA
        tokenizer and a `train_summary.json`.
 
     from omnidlm.train.omni import digits_lladao, train_omni
-    model, summary = train_omni(digits_lladao(), "models/lladao-digits")
-    python -m omnidlm.train.omni --out models/lladao-digits       # the same, from a shell
+    model, summary = train_omni(digits_lladao(), "runs/lladao")
+    omnidlm train --recipe digits-lladao --out runs/lladao      # the same, from a shell
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -36,7 +35,8 @@ from ..diffusion import masked as M
 from ..models.latents import build_vae, encode_latents
 from ..models.lladao import LLaDAO, LLaDAOConfig
 from ..sequence.tokenizer import Tokenizer
-from .ema import EMA
+from . import checkpoint as C
+from .loop import Loop, Optim, backprop
 from .vision import VisionPretrain, pretrain_vision
 
 DIGITS_VIT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=2,
@@ -99,6 +99,11 @@ class OmniTrainConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def with_max_steps(self, n: int) -> "OmniTrainConfig":
+        """`--max-steps n`: the omni stage runs n steps, the VAE and ViT stages at most n."""
+        vit = dataclasses.replace(self.vit_pretrain, steps=min(self.vit_pretrain.steps, n)) if self.vit_pretrain else None
+        return dataclasses.replace(self, steps=n, vae_steps=min(self.vae_steps, n), vit_pretrain=vit)
+
 
 def digits_lladao() -> OmniTrainConfig:
     """Recipe `digits-lladao`: the shipped `models/lladao-digits` (VAE included) on 2 CPU cores.
@@ -139,22 +144,21 @@ def model_config(cfg: OmniTrainConfig, vae: dict | None = None) -> LLaDAOConfig:
 # --- step 1: the VAE ------------------------------------------------------------------------------
 
 
-def train_vae(cfg: OmniTrainConfig, pixels: torch.Tensor, progress=None) -> torch.nn.Module:
+def train_vae(cfg, pixels: torch.Tensor, progress: bool = False, out=None, stage: str = "vae") -> torch.nn.Module:
     """Train a tiny AutoencoderKL on `pixels` (N, 3, H, W) in [-1, 1]; returns it frozen, with its
-    scaling / shift factors set from the training latents (zero mean, unit variance)."""
+    scaling / shift factors set from the training latents (zero mean, unit variance).
+    cfg: any config with vae, vae_steps, vae_batch, vae_lr, vae_kl, seed (constant lr, no decay)."""
     g = torch.Generator().manual_seed(cfg.seed)
     vae = build_vae(cfg.vae)
-    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
-    for step in range(cfg.vae_steps):
+    loop = Loop(vae, Optim(steps=cfg.vae_steps, lr=cfg.vae_lr), stage, out=out, progress=progress, log_every=10)
+
+    def loss(step: int) -> dict:
         x = pixels[torch.randint(0, len(pixels), (cfg.vae_batch,), generator=g)]  # (b, 3, H, W)
         post = vae.encode(x).latent_dist
         recon = vae.decode(post.sample(g)).sample
-        loss = torch.nn.functional.mse_loss(recon, x) + cfg.vae_kl * post.kl().mean() / x[0].numel()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if progress is not None:
-            progress(step, {"vae_mse": float(loss)})
+        return {"loss": torch.nn.functional.mse_loss(recon, x) + cfg.vae_kl * post.kl().mean() / x[0].numel()}
+
+    loop.run(backprop(loss))
     vae.requires_grad_(False).eval()
     with torch.no_grad():
         z = torch.cat([vae.encode(pixels[i:i + 256]).latent_dist.mean for i in range(0, len(pixels), 256)])
@@ -245,39 +249,13 @@ def omni_losses(model: LLaDAO, batch: OB.Batch, cfg: OmniTrainConfig, g: torch.G
 # --- step 3: the loop -------------------------------------------------------------------------------
 
 
-def _lr(step: int, cfg) -> float:
-    """Linear warm-up, then cosine to 10% of the peak (cfg: any config with lr, warmup, steps)."""
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    frac = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
-
-
-def _optimizer(model: LLaDAO, cfg: OmniTrainConfig) -> torch.optim.Optimizer:
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    groups = []
-    for vision in (False, True):
-        mult = cfg.vision_lr_mult if vision else 1.0
-        part = [p for n, p in named if n.startswith(("vit.", "connector.")) == vision]
-        groups += [{"params": [p for p in part if p.dim() >= 2], "weight_decay": cfg.weight_decay, "lr_mult": mult},
-                   {"params": [p for p in part if p.dim() < 2], "weight_decay": 0.0, "lr_mult": mult}]
-    groups = [g for g in groups if g["params"]]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98))
-
-
-def _bar(total: int, desc: str, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, leave=False)
-
-
 def train_omni(cfg: OmniTrainConfig, out: str | Path | None = None, progress: bool = True,
-               log=None) -> tuple[LLaDAO, dict]:
-    """Run the whole recipe (VAE, then omni); save to `out` when given. -> (EMA model, summary)."""
+               force: bool = False) -> tuple[LLaDAO, dict]:
+    """Run the whole recipe (VAE, ViT, omni); save to `out` when given (a non-empty `out` only with
+    `force`; each stage's records go to `out/metrics.jsonl`). -> (EMA model, summary)."""
     from ..data.digits import digit_images
 
+    run = C.prepare_run(out, force) if out is not None else None
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.set_flush_denormal(True)
@@ -285,71 +263,56 @@ def train_omni(cfg: OmniTrainConfig, out: str | Path | None = None, progress: bo
     start = time.time()
     images, labels = digit_images("train", cfg.image_size)
     pixels = OB.to_pixels(images)  # (1500, 3, S, S)
-    bar = _bar(cfg.vae_steps, "vae", progress)
-    vae = train_vae(cfg, pixels, (lambda s, m: bar.update(1)) if bar else None)
-    if bar:
-        bar.close()
+    vae = train_vae(cfg, pixels, progress, out=run)
     with torch.no_grad():
         latents = encode_latents(vae, pixels)  # (1500, C, S/2, S/2)
     vae_seconds = time.time() - start
     model = LLaDAO(model_config(cfg, dict(vae.config)))
     model.vae.load_state_dict(vae.state_dict())
-    vit_stats = pretrain_tower(model, cfg, pixels, labels, progress) if cfg.vit_pretrain else {}
+    vit_stats = pretrain_tower(model, cfg, pixels, labels, progress, run) if cfg.vit_pretrain else {}
     if cfg.freeze_vit:
         model.vit.requires_grad_(False)
     codec = OB.PromptCodec(Tokenizer(build_char_tokenizer()))
     data = DigitsOmniData(cfg, pixels, labels, latents, codec)
-    ema, metrics = fit(model, data, cfg, progress, log, start)
-    model.load_state_dict({**model.state_dict(), **ema.state_dict()})
-    model.eval()
+    metrics = fit(model, data, cfg, progress, start, run)
     summary = {"recipe": cfg.recipe, "seconds": round(time.time() - start, 1), "vae_seconds": round(vae_seconds, 1),
                "parameters": model.num_parameters(), **vit_stats, **metrics, "config": cfg.to_dict()}
-    if out is not None:
-        save_omni(model, out, summary)
+    if run is not None:
+        with C.keeping(run, ["metrics.jsonl"]):  # the save replaces the directory
+            save_omni(model, run, summary)
     return model, summary
 
 
-def pretrain_tower(model: LLaDAO, cfg: OmniTrainConfig, pixels: torch.Tensor, labels, progress: bool) -> dict:
+def pretrain_tower(model: LLaDAO, cfg: OmniTrainConfig, pixels: torch.Tensor, labels, progress: bool,
+                   out=None) -> dict:
     """Step 1b: the ViT learns to name digits (the pretrained-SigLIP stand-in); -> its accuracies."""
     from ..data.digits import digit_images
 
     start = time.time()
     held_images, held_labels = digit_images("heldout", cfg.image_size)
-    bar = _bar(cfg.vit_pretrain.steps, "vit", progress)
     stats = pretrain_vision(model.vit, pixels, labels, cfg.vit_pretrain, (OB.to_pixels(held_images), held_labels),
-                            progress=(lambda s, m: bar.update(1)) if bar else None)
-    if bar:
-        bar.close()
+                            progress=progress, out=out)
     return {"vit_pretrain": {**stats, "seconds": round(time.time() - start, 1)}}
 
 
-def fit(model: LLaDAO, data: DigitsOmniData, cfg: OmniTrainConfig, progress: bool, log, start: float):
-    """The omni loop: AdamW, warm-up + cosine, clipping at 1, EMA of the weights."""
-    opt, ema = _optimizer(model, cfg), EMA(model, cfg.ema_decay)
+def omni_loop(model: LLaDAO, cfg: OmniTrainConfig, progress: bool = False, out=None, deadline=None) -> Loop:
+    """AdamW (betas 0.9 / 0.98; the ViT and connector at `vision_lr_mult`), warm-up + cosine to 10%,
+    clipping at 1, EMA of the weights."""
+    optim = Optim(steps=cfg.steps, lr=cfg.lr, schedule="cosine", warmup=cfg.warmup, min_lr_ratio=0.1,
+                  weight_decay=cfg.weight_decay, betas=(0.9, 0.98), grad_clip=1.0, ema_decay=cfg.ema_decay)
+    vision = lambda name: cfg.vision_lr_mult if name.startswith(("vit.", "connector.")) else 1.0  # noqa: E731
+    return Loop(model, optim, "lladao", lr_mult=vision, out=out, progress=progress, log_every=10, deadline=deadline)
+
+
+def fit(model: LLaDAO, data: DigitsOmniData, cfg: OmniTrainConfig, progress: bool, start: float, out=None) -> dict:
+    """The omni stage on the shared loop; the model ends with the EMA weights, in eval mode."""
     g = torch.Generator().manual_seed(cfg.seed + 1)
-    bar, recent, step = _bar(cfg.steps, "lladao", progress), [], 0
+    loop = omni_loop(model, cfg, progress, out, start + cfg.time_limit if cfg.time_limit else None)
     model.train()
-    for step in range(cfg.steps):
-        for group in opt.param_groups:
-            group["lr"] = _lr(step, cfg) * group.get("lr_mult", 1.0)
-        losses = omni_losses(model, data.batch(step), cfg, g)
-        opt.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        ema.update(model)
-        recent = (recent + [(losses["ce"], losses["mse"])])[-50:]
-        ce, mse = (sum(x) / len(recent) for x in zip(*recent))
-        if bar:
-            bar.update(1)
-            bar.set_postfix(ce=f"{ce:.3f}", mse=f"{mse:.3f}")
-        if log and step % 50 == 0:
-            log(f"step {step} ce {ce:.4f} mse {mse:.4f} {time.time() - start:.0f}s")
-        if cfg.time_limit and time.time() - start > cfg.time_limit:
-            break
-    if bar:
-        bar.close()
-    return ema, {"steps": step + 1, "final_ce": round(ce, 4), "final_mse": round(mse, 4)}
+    loop.run(backprop(lambda step: omni_losses(model, data.batch(step), cfg, g)))
+    loop.finish()
+    return {"steps": loop.step, "final_ce": round(loop.mean("ce", last=50), 4),
+            "final_mse": round(loop.mean("mse", last=50), 4)}
 
 
 def save_omni(model: LLaDAO, out: str | Path, summary: dict | None = None, overwrite: bool = True) -> Path:
@@ -376,23 +339,3 @@ def load_omni(path: str | Path) -> tuple[LLaDAO, Tokenizer]:
 def text_tokenizer(path: Path) -> Tokenizer:
     """A model directory's tokenizer.json, or the character tokenizer when it ships none."""
     return Tokenizer.from_file(path) if (path / "tokenizer.json").exists() else Tokenizer(build_char_tokenizer())
-
-
-def main(argv=None) -> int:
-    import argparse
-
-    p = argparse.ArgumentParser(description="train the digits LLaDA-o model (recipe digits-lladao)")
-    p.add_argument("--recipe", default="digits-lladao", choices=sorted(OMNI_RECIPES))
-    p.add_argument("--out", default="models/lladao-digits")
-    p.add_argument("--steps", type=int, default=None)
-    args = p.parse_args(argv)
-    cfg = OMNI_RECIPES[args.recipe]()
-    if args.steps:
-        cfg = dataclasses.replace(cfg, steps=args.steps)
-    _, summary = train_omni(cfg, args.out, log=print)
-    print(json.dumps({k: v for k, v in summary.items() if k != "config"}))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

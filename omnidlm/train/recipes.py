@@ -1,11 +1,15 @@
-"""Training configurations: one dataclass, recipes that return it, and `key=value` overrides.
+"""Training configurations: the text `TrainConfig`, the one registry of every recipe, `key=value` overrides.
 
-    cfg = recipe("synthetic-text")                       # a named recipe
+    cfg = recipe("synthetic-text")                       # a named recipe (text, LLaDA-o or Uni)
     cfg = apply_overrides(cfg, ["lr=1e-3", "model.n_layers=2", "batch_size=16"])
+    cfg = cfg.with_max_steps(50)                         # `--max-steps`: bounds every stage of the recipe
 
-A recipe is a plain function returning a `TrainConfig`; `RECIPES` lists them. Overrides name a
-`TrainConfig` field (`lr=...`) or a model field (`model.hidden_size=...`); the value is parsed by
-the field's type. An unknown recipe, field or bad value is a ValueError naming the valid ones.
+A recipe is a plain function returning a config dataclass: a `TrainConfig` for the text models
+(`train/trainer.py`), an `OmniTrainConfig` (`train/omni.py`) or a `UniTrainConfig` (`train/uni.py`)
+for the omni systems; `RECIPES` lists them all. Overrides name a field (`lr=...`) or a field of a
+nested config (`model.hidden_size=...`, `vit_pretrain.steps=...`, `decoder_train.vae_steps=...`);
+the value is parsed by the field's type. An unknown recipe, field or bad value is a ValueError
+naming the valid ones.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ class TrainConfig:
     decay_frac: float = 0.2
     min_lr_ratio: float = 0.0
     ema_decay: float = 0.0  # 0 disables the EMA; the exported weights are the EMA's when enabled
+    balance_rate: float = 1e-3  # expert-bias balancing of MoE models after each step (0: off; train/loop.py)
     lora_rank: int = 0  # 0: full fine-tuning
     lora_alpha: float = 16.0
     lora_targets: str = "qkv,o_proj,gate_up,down"
@@ -90,6 +95,9 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def with_max_steps(self, n: int) -> "TrainConfig":
+        return dataclasses.replace(self, max_steps=n)
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
@@ -139,15 +147,19 @@ def chat_lora() -> TrainConfig:
     return dataclasses.replace(chat_sft(), recipe="chat-lora", lora_rank=8, lr=1e-3)
 
 
-RECIPES = {
-    "synthetic-text": synthetic_text,
-    "synthetic-tiny": synthetic_tiny,
-    "chat-sft": chat_sft,
-    "chat-lora": chat_lora,
-}
+def _recipes() -> dict:
+    from .omni import OMNI_RECIPES
+    from .uni import UNI_RECIPES
+
+    text = {"synthetic-text": synthetic_text, "synthetic-tiny": synthetic_tiny, "chat-sft": chat_sft,
+            "chat-lora": chat_lora}
+    return {**text, **OMNI_RECIPES, **UNI_RECIPES}
 
 
-def recipe(name: str) -> TrainConfig:
+RECIPES = _recipes()
+
+
+def recipe(name: str):
     """The named recipe's config; an unknown name lists the valid ones."""
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; valid recipes: {sorted(RECIPES)}")
@@ -155,7 +167,7 @@ def recipe(name: str) -> TrainConfig:
 
 
 def _parse(value: str, current, where: str, annotation: str = ""):
-    """Parse `value` like the field's current value (bool, int, float, str, None-able)."""
+    """Parse `value` like the field's current value (bool, int, float, dict, list / tuple, str, None-able)."""
     if value.lower() in ("none", "null"):
         return None
     kind = type(current)
@@ -169,7 +181,15 @@ def _parse(value: str, current, where: str, annotation: str = ""):
         if isinstance(current, float):
             return float(value)
         if isinstance(current, dict):
-            return json.loads(value)
+            parsed = json.loads(value)
+            if not isinstance(parsed, dict):
+                raise ValueError
+            return parsed
+        if isinstance(current, (list, tuple)):
+            parsed = json.loads(value)
+            if not isinstance(parsed, list):
+                raise ValueError
+            return kind(parsed)
     except (ValueError, json.JSONDecodeError):
         raise ValueError(f"override {where}={value!r}: expected a {kind.__name__}") from None
     if current is None and "str" not in annotation:  # an optional number (e.g. model.n_kv_heads)
@@ -181,41 +201,97 @@ def _parse(value: str, current, where: str, annotation: str = ""):
     return value
 
 
-def _types(cls) -> dict:
-    return {f.name: f.type for f in dataclasses.fields(cls)}
+def _fields(cfg) -> dict:
+    """Overridable fields of a config dataclass: name -> annotation (as a string)."""
+    return {f.name: str(f.type) for f in dataclasses.fields(cfg) if f.name != "extra"}
 
 
-def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
-    """A copy of `cfg` with `key=value` overrides; model fields as `model.key=value`."""
-    train_fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"model"}
-    model_fields = {f.name for f in dataclasses.fields(ModelConfig)} - {"extra"}
-    top, model = {}, {}
+def _nested(cfg) -> list[str]:
+    """Fields holding a config of their own: overridden as `name.field=value`."""
+    return [name for name in _fields(cfg) if dataclasses.is_dataclass(getattr(cfg, name))]
+
+
+def _unknown(cfg, item: str, key: str, where: str) -> ValueError:
+    plain = sorted(set(_fields(cfg)) - set(_nested(cfg)))
+    nested = "".join(f" or {name}.<field> with <field> in {sorted(_fields(getattr(cfg, name)))}"
+                     for name in _nested(cfg))
+    if where:  # a nested config: "unknown model field 'width' ...; valid model fields: [...]"
+        return ValueError(f"unknown {where[:-1]} field {key!r} in override {item!r}; valid {where[:-1]} fields: "
+                          f"{plain}{nested}")
+    return ValueError(f"unknown train field {key!r} in override {item!r}; valid fields: {plain}{nested}")
+
+
+def _apply(cfg, tree: dict, where: str = ""):
+    """`cfg` with the overrides of `tree` ({field: (item, value) or subtree}) in one replace per level,
+    so that fields validated together (seq_len and model.max_seq_len) may change together."""
+    fields, changes = _fields(cfg), {}
+    for top, node in tree.items():
+        nested = isinstance(node, dict)
+        item = node[0] if not nested else next(iter(_items(node)))
+        if top not in fields or (not nested and top in _nested(cfg)):
+            raise _unknown(cfg, item, top, where)
+        current = getattr(cfg, top)
+        if not nested:
+            changes[top] = _parse(node[1], current, where + top, fields[top])
+        elif dataclasses.is_dataclass(current):
+            changes[top] = _apply(current, node, f"{where}{top}.")
+        elif isinstance(current, dict):
+            changes[top] = {**current, **_dict_changes(current, node, f"{where}{top}.")}
+        else:
+            raise ValueError(f"override {item!r}: field {where}{top!r} has no fields of its own (it is {current!r})")
+    replace = getattr(cfg, "replace", None)
+    return replace(**changes) if callable(replace) else dataclasses.replace(cfg, **changes)
+
+
+def _items(tree: dict):
+    for node in tree.values():
+        yield from (_items(node) if isinstance(node, dict) else [node[0]])
+
+
+def _dict_changes(current: dict, tree: dict, where: str) -> dict:
+    out = {}
+    for key, node in tree.items():
+        if isinstance(node, dict):
+            raise ValueError(f"override {next(iter(_items(node)))!r}: {where}{key} is nested too deep")
+        old = current.get(key)
+        out[key] = _parse(node[1], old, where + key) if old is not None else _parse_free(node[1])
+    return out
+
+
+def _parse_free(value: str):
+    """A value for a new dict key: JSON when it parses (numbers, booleans, lists), else the string."""
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
+
+
+def apply_overrides(cfg, overrides: list[str]):
+    """A copy of `cfg` (any recipe's config) with `key=value` overrides; nested fields as `model.key=value`."""
+    tree: dict = {}
     for item in overrides:
         key, sep, value = item.partition("=")
         key = key.strip()
-        if not sep or not key:
+        if not sep or not key or "" in key.split("."):
             raise ValueError(f"override {item!r} is not key=value")
-        if key.startswith("model."):
-            name = key[len("model."):]
-            if name not in model_fields:
-                raise ValueError(f"unknown model field {name!r} in override {item!r}; valid model fields: "
-                                 f"{sorted(model_fields)}")
-            model[name] = _parse(value, getattr(cfg.model, name), key, str(_types(ModelConfig)[name]))
-        elif key in train_fields:
-            top[key] = _parse(value, getattr(cfg, key), key, str(_types(TrainConfig)[key]))
-        else:
-            raise ValueError(f"unknown train field {key!r} in override {item!r}; valid fields: {sorted(train_fields)} "
-                             f"or model.<field> with <field> in {sorted(model_fields)}")
-    return dataclasses.replace(cfg, model=cfg.model.replace(**model), **top)
+        *parents, last = key.split(".")
+        node = tree
+        for name in parents:
+            node = node.setdefault(name, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {item!r} conflicts with an earlier override of {name!r}")
+        node[last] = (item, value)
+    return _apply(cfg, tree) if tree else cfg
 
 
 def config_differences(saved: dict, current: TrainConfig) -> list[str]:
     """Fields (dotted for the model) on which a saved run's config and `current` differ, execution aside."""
     now = current.to_dict()
+    defaults = TrainConfig().to_dict()
     diffs = []
     for key in sorted(set(saved) | set(now)):
-        if key in EXECUTION_FIELDS:
-            continue
+        if key in EXECUTION_FIELDS or (key not in saved and now.get(key) == defaults.get(key)):
+            continue  # a field added since the run was saved, at its default, changes nothing
         if key == "model":
             old_model, new_model = saved.get("model", {}), now["model"]
             for name in sorted(set(old_model) | set(new_model)):

@@ -7,8 +7,9 @@
     torchrun --nproc_per_node 2 -m omnidlm train --recipe synthetic-tiny --out runs/t parallel=fsdp
 
 Each step: build the global batch of the step (`data`), noise it and cut this process's
-micro-batches (`objectives`), forward/backward each (gradients synchronised on the last), clip,
-AdamW, schedule, EMA. Losses are normalised over the global batch, so the number of processes and
+micro-batches (`objectives`), forward/backward each (gradients synchronised on the last); the
+shared loop (`train/loop.py`) then clips, steps AdamW on the schedule, balances the experts of
+a MoE model and updates the EMA. Losses are normalised over the global batch, so the number of processes and
 of accumulation steps does not change them. Checkpoints and metrics go to the run directory
 (`checkpoint`); `omnidlm.load(out)` reads the latest exported weights.
 """
@@ -16,10 +17,8 @@ of accumulation steps does not change them. Checkpoints and metrics go to the ru
 from __future__ import annotations
 
 import contextlib
-import math
 import random
 import shutil
-import time
 from pathlib import Path
 
 import torch
@@ -31,11 +30,10 @@ from ..sequence.tokenizer import Tokenizer
 from . import checkpoint as C
 from . import distributed as D
 from .data import make_source
-from .ema import EMA
 from .lora import apply_lora, merge_lora
+from .loop import Loop, Optim
 from .objectives import micro_batches
 from .recipes import TrainConfig, config_differences
-from .schedules import make_schedule
 
 
 def load_tokenizer(cfg: TrainConfig) -> Tokenizer:
@@ -44,17 +42,16 @@ def load_tokenizer(cfg: TrainConfig) -> Tokenizer:
     return Tokenizer(build_char_tokenizer())
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW; matrices decay, norms / biases / (nothing else) do not."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    rest = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+def optim_of(cfg: TrainConfig) -> Optim:
+    """The text recipe's optimisation, for the shared loop."""
+    return Optim(steps=cfg.max_steps, lr=cfg.lr, schedule=cfg.schedule, warmup=cfg.warmup_steps,
+                 decay_frac=cfg.decay_frac, min_lr_ratio=cfg.min_lr_ratio, weight_decay=cfg.weight_decay,
+                 betas=(cfg.beta1, cfg.beta2), grad_clip=cfg.grad_clip, ema_decay=cfg.ema_decay,
+                 balance_rate=cfg.balance_rate)
 
 
 class Trainer:
-    """Owns the model, optimizer, schedule, EMA and run directory of one training run."""
+    """Owns the model, the loop (optimizer, schedule, EMA) and the run directory of one training run."""
 
     def __init__(self, cfg: TrainConfig, out: str | Path, resume: bool = False, force: bool = False):
         self.out = Path(out)
@@ -67,13 +64,13 @@ class Trainer:
         self.tokenizer = load_tokenizer(self.cfg)
         self.source = make_source(self.cfg, self.tokenizer)
         self.model = self._build_model()
-        self.optimizer = make_optimizer(self.model, self.cfg)
-        schedule = make_schedule(self.cfg.schedule, self.cfg.warmup_steps, self.cfg.max_steps, self.cfg.decay_frac,
-                                 self.cfg.min_lr_ratio)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
-        self.ema = EMA(self.model, self.cfg.ema_decay) if self.cfg.ema_decay > 0 else None
-        self.step, self.tokens_seen, self.elapsed = 0, 0, 0.0
+        self.loop = Loop(self.model, optim_of(self.cfg), "train", out=self.out, progress=self.cfg.progress,
+                         log_every=self.cfg.log_every, main=self.dist.is_main)
         self._prepare_out(resume, force)
+
+    @property
+    def step(self) -> int:
+        return self.loop.step
 
     # --- setup ----------------------------------------------------------------------------------
 
@@ -103,6 +100,8 @@ class Trainer:
         return D.wrap(model, self.dist)
 
     def _prepare_out(self, resume: bool, force: bool) -> None:
+        if self.dist.is_main:
+            C.remove_debris(self.out)  # left by a run killed while saving
         if resume:
             return self._resume()
         if C.checkpoints(self.out) or (self.out / "metrics.jsonl").exists():
@@ -131,16 +130,15 @@ class Trainer:
             raise ValueError(f"cannot resume {self.out}: it was trained with another config; "
                              f"differing field(s): {'; '.join(diffs)}")
         D.load_model_state(self.model, ckpt["model"], self.dist)
-        D.load_optimizer_state(self.model, self.optimizer, ckpt["state"]["optimizer"], self.dist)
-        self.scheduler.load_state_dict(ckpt["state"]["scheduler"])
-        if self.ema is not None:
-            self.ema.load_state_dict(ckpt["ema"])
+        D.load_optimizer_state(self.model, self.loop.optimizer, ckpt["state"]["optimizer"], self.dist)
+        if self.loop.ema is not None:
+            self.loop.ema.load_state_dict(ckpt["ema"])
         C.set_rng_state(ckpt["state"]["rng"])
-        meta = ckpt["meta"]
-        self.step, self.tokens_seen, self.elapsed = meta["step"], meta["tokens_seen"], meta["elapsed_s"]
+        meta, loop = ckpt["meta"], self.loop
+        loop.step, loop.tokens_seen, loop.elapsed = meta["step"], meta["tokens_seen"], meta["elapsed_s"]
         self.dist.barrier()
         if self.dist.is_main:
-            C.truncate_metrics(self.out, self.step)
+            C.truncate_metrics(self.out, loop.step)
 
     # --- one step -------------------------------------------------------------------------------
 
@@ -149,10 +147,10 @@ class Trainer:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def train_step(self) -> dict:
-        """One optimiser step on the global batch of `self.step`; returns its loss and grad norm."""
-        rows = self.source.batch(self.step)
-        micros = micro_batches(self.cfg, rows, self.step, self.dist.rank, self.dist.world)
+    def forward_backward(self, step: int) -> dict:
+        """Gradients of the global batch of `step`, micro-batch by micro-batch (synchronised on the last)."""
+        rows = self.source.batch(step)
+        micros = micro_batches(self.cfg, rows, step, self.dist.rank, self.dist.world)
         local = 0.0
         for i, m in enumerate(micros):
             to = lambda t: None if t is None else t.to(self.dist.device, non_blocking=True)  # noqa: E731
@@ -162,18 +160,11 @@ class Trainer:
                 loss = m.loss(logits.float())
             loss.backward()
             local += float(loss.detach())
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip or math.inf)
-        norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
-        lr = self.optimizer.param_groups[0]["lr"]
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
-        if self.ema is not None:
-            self.ema.update(self.model)
-        self.step += 1
-        self.tokens_seen += rows.input_ids.numel()
-        return {"loss": self.dist.all_mean(local), "grad_norm": norm, "lr": lr, "tokens": rows.input_ids.numel()}
+        return {"loss": self.dist.all_mean(local), "tokens": rows.input_ids.numel()}
+
+    def train_step(self) -> dict:
+        """One optimiser step on the global batch of `self.step`; returns its metrics."""
+        return self.loop.step_once(self.forward_backward)
 
     # --- saving, exporting, evaluating ----------------------------------------------------------
 
@@ -192,25 +183,26 @@ class Trainer:
 
     def _gather(self) -> tuple[dict, dict | None]:
         """Full model and EMA state (collectives: every rank calls it)."""
-        return D.model_state(self.model, self.dist), (self.ema.state_dict() if self.ema is not None else None)
+        ema = self.loop.ema
+        return D.model_state(self.model, self.dist), (ema.state_dict() if ema is not None else None)
 
     def save(self) -> Path | None:
         """Checkpoint the current step and export its weights to the run directory's top level."""
         state, ema = self._gather()
-        optim = D.optimizer_state(self.model, self.optimizer, self.dist)
-        path, error = None, None
+        optim = D.optimizer_state(self.model, self.loop.optimizer, self.dist)
+        path, error, loop = None, None, self.loop
         if self.dist.is_main:
-            meta = {"step": self.step, "tokens_seen": self.tokens_seen, "elapsed_s": self.elapsed,
-                    "data": {"step": self.step, "examples_seen": self.step * self.cfg.batch_size},
+            meta = {"step": loop.step, "tokens_seen": loop.tokens_seen, "elapsed_s": loop.elapsed,
+                    "data": {"step": loop.step, "examples_seen": loop.step * self.cfg.batch_size},
                     "world_size": self.dist.world, "config": self.cfg.to_dict()}
-            extra = {"optimizer": optim, "scheduler": self.scheduler.state_dict(), "rng": C.rng_state()}
             try:
-                path = C.save_checkpoint(self.out, self.step, state, ema, extra, meta, self.cfg.keep_checkpoints)
+                path = C.save_checkpoint(self.out, loop.step, state, ema, {"optimizer": optim, "rng": C.rng_state()},
+                                         meta, self.cfg.keep_checkpoints)
                 C.export(self.export_model(state, ema), self.out, self.tokenizer)
             except OSError as e:  # e.g. a full disk: the previous checkpoint is intact; stop every rank
                 error = e
         if self.dist.any(error is not None):
-            raise error or OSError(f"saving checkpoint step {self.step} failed on rank 0")
+            raise error or OSError(f"saving checkpoint step {loop.step} failed on rank 0")
         return path
 
     def evaluate(self, n: int) -> dict | None:
@@ -222,50 +214,51 @@ class Trainer:
         if self.dist.is_main:
             from .evaluate import synthetic_exact_match
 
-            result = synthetic_exact_match(self.export_model(state, ema), self.tokenizer, n)
-            C.append_metrics(self.out, {"step": self.step, **result})
+            result = synthetic_exact_match(self.export_model(state, ema), self.tokenizer, n, progress=self.cfg.progress)
+            C.append_metrics(self.out, {"stage": "eval", "step": self.step, **result})
         self.dist.barrier()
         return result
 
     # --- the loop -------------------------------------------------------------------------------
 
     def fit(self, stop_after: int | None = None) -> dict:
-        """Train to max_steps (or stop, checkpointed, after step `stop_after`); returns a summary."""
-        from tqdm import tqdm
+        """Train to max_steps (or stop, checkpointed, after step `stop_after`); returns a summary.
+        A run that had already finished is not trained or evaluated again: its summary is read back."""
+        cfg = self.cfg
+        if self.step >= cfg.max_steps:
+            return self._finished_summary()
+        end = min(cfg.max_steps, stop_after or cfg.max_steps)
 
-        cfg, end = self.cfg, min(self.cfg.max_steps, stop_after or self.cfg.max_steps)
-        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not (self.dist.is_main and cfg.progress),
-                   unit="step", dynamic_ncols=True)
-        window, window_tokens, window_time, last = [], 0, 0.0, {}
-        while self.step < end:
-            t0 = time.perf_counter()
-            last = self.train_step()
-            dt = time.perf_counter() - t0
-            self.elapsed += dt
-            window.append(last["loss"])
-            window_tokens += last["tokens"]
-            window_time += dt
-            tps = window_tokens / max(window_time, 1e-9)
-            bar.update(1)
-            bar.set_postfix(loss=f"{last['loss']:.4f}", tok_s=f"{tps:,.0f}", lr=f"{last['lr']:.2e}")
-            if self.step % cfg.log_every == 0 or self.step == end:
-                self._log(last, sum(window) / len(window), tps)
-                window, window_tokens, window_time = [], 0, 0.0
-            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < end:
+        def after_step(loop: Loop) -> None:
+            if cfg.eval_every and loop.step % cfg.eval_every == 0 and loop.step < end:
                 self.evaluate(cfg.eval_samples)
-            if self.step % cfg.save_every == 0 or self.step == end:
+            if loop.step % cfg.save_every == 0 or loop.step == end:
                 self.save()
-        bar.close()
-        final = self.evaluate(cfg.eval_samples) if self.step >= cfg.max_steps else None
-        return {"step": self.step, "loss": last.get("loss"), "tokens_seen": self.tokens_seen,
-                "train_seconds": self.elapsed, "tokens_per_s": self.tokens_seen / max(self.elapsed, 1e-9),
-                "eval": final}
 
-    def _log(self, last: dict, mean_loss: float, tps: float) -> None:
-        if self.dist.is_main:
-            C.append_metrics(self.out, {"step": self.step, "loss": last["loss"], "loss_avg": mean_loss,
-                                        "lr": last["lr"], "grad_norm": last["grad_norm"], "tokens_per_s": tps,
-                                        "tokens_seen": self.tokens_seen, "elapsed_s": self.elapsed})
+        self.loop.run(self.forward_backward, until=end, on_step=after_step)
+        final = self.evaluate(cfg.eval_samples) if self.step >= cfg.max_steps else None
+        return self._summary(self.loop.history[-1]["loss"] if self.loop.history else self._logged_loss(), final)
+
+    def _summary(self, loss: float | None, final: dict | None, **extra) -> dict:
+        loop = self.loop
+        return {"step": loop.step, "loss": loss, "tokens_seen": loop.tokens_seen, "train_seconds": loop.elapsed,
+                "tokens_per_s": loop.tokens_seen / max(loop.elapsed, 1e-9), "eval": final, **extra}
+
+    def _finished_summary(self) -> dict:
+        """The summary of a finished run from its metrics; evaluated only if its final evaluation is missing."""
+        evals = [r for r in self._records() if "exact_match" in r and r.get("step") == self.step]
+        final = {k: v for k, v in evals[-1].items() if k not in ("stage", "step")} if evals else None
+        if final is None:
+            final = self.evaluate(self.cfg.eval_samples)
+        return self._summary(self._logged_loss(), final, already_finished=True)
+
+    def _records(self) -> list[dict]:
+        return C.read_metrics(self.out) if (self.out / "metrics.jsonl").is_file() else []
+
+    def _logged_loss(self) -> float | None:
+        """The last training loss in metrics.jsonl (a resumed run that trains no further step)."""
+        losses = [r["loss"] for r in self._records() if r.get("loss") is not None and r["step"] <= self.step]
+        return losses[-1] if losses else None
 
     def close(self) -> None:
         self.dist.close()

@@ -11,8 +11,10 @@ Three parts are trained in turn, each frozen before the next:
        Token Reweighting, AdamW, EMA, and after each step the auxiliary-loss-free expert-bias update.
 
     from omnidlm.train.uni import digits_uni, train_uni
-    model, summary = train_uni(digits_uni(), "models/uni-digits")
-    omnidlm train --recipe digits-uni --out models/uni-digits     # the same, from a shell
+    model, summary = train_uni(digits_uni(), "runs/uni")
+    omnidlm train --recipe digits-uni --out runs/uni     # the same, from a shell
+
+Every part trains on the shared loop (`train/loop.py`).
 """
 
 from __future__ import annotations
@@ -32,9 +34,10 @@ from ..data.char_tokenizer import build_char_tokenizer, special_ids
 from ..data.omni_batches import to_pixels
 from ..diffusion import masked as M
 from ..sequence.tokenizer import Tokenizer
-from .ema import EMA
-from .omni import _bar, _lr, text_tokenizer
 from ..data.augment import random_affine
+from . import checkpoint as C
+from .loop import Loop, Optim, backprop
+from .omni import text_tokenizer
 
 DEFAULT_TASKS = {"understanding": 0.45, "t2i": 0.3, "edit": 0.1, "interleaved": 0.075, "thinking": 0.075}
 
@@ -83,6 +86,15 @@ class UniTrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def with_max_steps(self, n: int) -> "UniTrainConfig":
+        """`--max-steps n`: the backbone runs n steps; the tokenizer, VAE, decoder and distillation at most n."""
+        from .uni_decoder import DecoderTrain
+
+        base, decoder = DecoderTrain(), dict(self.decoder_train)
+        for key in ("vae_steps", "steps", "distill_steps"):
+            decoder[key] = min(decoder.get(key, getattr(base, key)), n)
+        return dataclasses.replace(self, steps=n, tokenizer_steps=min(self.tokenizer_steps, n), decoder_train=decoder)
 
 
 def digits_uni() -> UniTrainConfig:
@@ -146,23 +158,19 @@ def tokenize_augmented(vq, pixels: torch.Tensor, copies: int, seed: int) -> torc
     return torch.stack([tokenize_digits(vq, x) for x in (pixels, *moved)])
 
 
-def train_tokenizer_part(cfg: UniTrainConfig, pixels, labels, progress: bool):
+def train_tokenizer_part(cfg: UniTrainConfig, pixels, labels, progress: bool, out=None):
     from ..data.digits import digit_images
     from ..models.vq import DIGITS_VQ, SiglipVQ
     from .vq import TokenizerTrain, train_tokenizer
 
     vq = SiglipVQ(dict(cfg.vq or DIGITS_VQ))
     held, held_labels = digit_images("heldout", cfg.image_size)
-    bar = _bar(cfg.tokenizer_steps, "tokenizer", progress)
     stats = train_tokenizer(vq, pixels, labels, TokenizerTrain(steps=cfg.tokenizer_steps, seed=cfg.seed),
-                            heldout=(to_pixels(held), held_labels),
-                            progress=(lambda s, m: bar.update(1)) if bar else None)
-    if bar:
-        bar.close()
+                            heldout=(to_pixels(held), held_labels), progress=progress, out=out)
     return vq.requires_grad_(False).eval(), stats
 
 
-def train_decoder_part(cfg: UniTrainConfig, codes: torch.Tensor, codebook_size: int, progress: bool):
+def train_decoder_part(cfg: UniTrainConfig, codes: torch.Tensor, codebook_size: int, progress: bool, out=None):
     """-> (teacher, student, stats): a VAE for the 2x images, the full-ODE decoder on its latents, and
     the decoder's 8-step distillation; codes (N, h, w) of the training digits."""
     from ..data.digits import digit_images
@@ -172,7 +180,7 @@ def train_decoder_part(cfg: UniTrainConfig, codes: torch.Tensor, codebook_size: 
     images_2x, _ = digit_images("train", 2 * cfg.image_size)
     train_cfg = dataclasses.replace(DecoderTrain(), **cfg.decoder_train)
     config = {**(cfg.decoder or DIGITS_DECODER), "codebook_size": codebook_size, "grid": codes.shape[-1]}
-    return train_digits_decoder(train_cfg, codes, to_pixels(images_2x), config, progress)
+    return train_digits_decoder(train_cfg, codes, to_pixels(images_2x), config, progress, out)
 
 
 # --- the backbone -----------------------------------------------------------------------------------
@@ -188,52 +196,40 @@ def bdlm_step_loss(backbone, x0: torch.Tensor, maskable: torch.Tensor, cfg: UniT
     return M.bdlm_loss(out.logits[:, :L], inp.x0, inp.is_masked, reweight=cfg.reweight)
 
 
-def fit_backbone(backbone, tasks: UB.DigitsUniTasks, cfg: UniTrainConfig, progress: bool, log, start: float):
-    """AdamW + warm-up/cosine + clipping + EMA; expert-bias balancing after every step."""
-    from ..nn.moe import update_expert_bias
+def fit_backbone(backbone, tasks: UB.DigitsUniTasks, cfg: UniTrainConfig, progress: bool, start: float,
+                 out=None) -> dict:
+    """The backbone stage on the shared loop: AdamW (betas 0.9 / 0.98), warm-up + cosine to 10%,
+    clipping at 1, EMA, and (a MoE model) expert-bias balancing after every step. The backbone
+    ends with the EMA weights, in eval mode."""
+    optim = Optim(steps=cfg.steps, lr=cfg.lr, schedule="cosine", warmup=cfg.warmup, min_lr_ratio=0.1,
+                  weight_decay=cfg.weight_decay, betas=(0.9, 0.98), grad_clip=1.0, ema_decay=cfg.ema_decay,
+                  balance_rate=cfg.balance_rate)
+    loop = Loop(backbone, optim, "uni", out=out, progress=progress, log_every=10,
+                deadline=start + cfg.time_limit if cfg.time_limit else None)
+    g, eos = torch.Generator().manual_seed(cfg.seed + 1), backbone.config.eos_id
 
-    decay = [p for n, p in backbone.named_parameters() if p.dim() >= 2]
-    rest = [p for n, p in backbone.named_parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": rest, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
-    ema, g = EMA(backbone, cfg.ema_decay), torch.Generator().manual_seed(cfg.seed + 1)
-    eos = backbone.config.eos_id
-    bar, recent, balance = _bar(cfg.steps, "uni", progress), [], {}
-    backbone.train()
-    for step in range(cfg.steps):
-        for group in opt.param_groups:
-            group["lr"] = _lr(step, cfg)
+    def loss(step: int) -> dict:
         rng = random.Random(cfg.seed * 1_000_003 + step)
         x0, maskable = UB.collate([tasks.example(rng) for _ in range(cfg.batch_size)], cfg.row_length, eos,
                                  cfg.block_size)
-        loss = bdlm_step_loss(backbone, x0, maskable, cfg, g)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(backbone.parameters(), 1.0)
-        opt.step()
-        balance = update_expert_bias(backbone, cfg.balance_rate)
-        ema.update(backbone)
-        recent = (recent + [loss.item()])[-50:]
-        if bar:
-            bar.update(1)
-            bar.set_postfix(loss=f"{sum(recent) / len(recent):.3f}")
-        if log and step % 100 == 0:
-            log(f"step {step} loss {sum(recent) / len(recent):.4f} {time.time() - start:.0f}s")
-        if cfg.time_limit and time.time() - start > cfg.time_limit:
-            break
-    if bar:
-        bar.close()
-    return ema, {"steps": step + 1, "final_loss": round(sum(recent) / len(recent), 4), "expert_balance": balance}
+        return {"loss": bdlm_step_loss(backbone, x0, maskable, cfg, g)}
+
+    backbone.train()
+    loop.run(backprop(loss))
+    loop.finish()
+    return {"steps": loop.step, "final_loss": round(loop.mean("loss", last=50), 4), "expert_balance": loop.balance}
 
 
 # --- the recipe --------------------------------------------------------------------------------------
 
 
-def train_uni(cfg: UniTrainConfig, out: str | Path | None = None, progress: bool = True, log=None):
-    """Tokenizer, decoder, backbone; save to `out` when given. -> (LLaDA2Uni, summary)."""
+def train_uni(cfg: UniTrainConfig, out: str | Path | None = None, progress: bool = True, force: bool = False):
+    """Tokenizer, decoder, backbone; save to `out` when given (a non-empty `out` only with `force`;
+    each stage's records go to `out/metrics.jsonl`). -> (LLaDA2Uni, summary)."""
     from ..data.digits import digit_images
     from ..models.uni import LLaDA2Uni, UniConfig
 
+    run = C.prepare_run(out, force) if out is not None else None
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.set_flush_denormal(True)
@@ -241,11 +237,11 @@ def train_uni(cfg: UniTrainConfig, out: str | Path | None = None, progress: bool
     start, seconds = time.time(), {}
     images, labels = digit_images("train", cfg.image_size)
     pixels = to_pixels(images)
-    vq, tok_stats = train_tokenizer_part(cfg, pixels, labels, progress)
+    vq, tok_stats = train_tokenizer_part(cfg, pixels, labels, progress, run)
     codes = tokenize_augmented(vq, pixels, cfg.augmented_copies, cfg.seed)  # (A, N, h, w)
     tok_stats["augmented_usage"] = vq.usage(codes)
     seconds["tokenizer"] = time.time() - start
-    teacher, student, dec_stats = train_decoder_part(cfg, codes[0], vq.config["codebook_size"], progress)
+    teacher, student, dec_stats = train_decoder_part(cfg, codes[0], vq.config["codebook_size"], progress, run)
     seconds["decoder"] = time.time() - start - seconds["tokenizer"]
     vocab = vocab_for(vq.config)
     uni_cfg = UniConfig(llm=backbone_config(cfg, vocab), vocab=vocab, tokenizer=dict(vq.config),
@@ -253,16 +249,16 @@ def train_uni(cfg: UniTrainConfig, out: str | Path | None = None, progress: bool
     model = LLaDA2Uni(uni_cfg, tokenizer=vq, decoder=teacher, student=student)
     text_tok = Tokenizer(build_char_tokenizer())
     tasks = UB.DigitsUniTasks(UB.UniCodec(text_tok, vocab), codes, labels, cfg.tasks, text_drop=cfg.text_drop)
-    ema, metrics = fit_backbone(model.backbone, tasks, cfg, progress, log, start)
-    model.backbone.load_state_dict({**model.backbone.state_dict(), **ema.state_dict()})
+    metrics = fit_backbone(model.backbone, tasks, cfg, progress, start, run)
     model.eval()
     seconds["backbone"] = time.time() - start - seconds["tokenizer"] - seconds["decoder"]
     summary = {"recipe": cfg.recipe, "seconds": round(time.time() - start, 1),
                "part_seconds": {k: round(v, 1) for k, v in seconds.items()},
                "parameters": sum(p.numel() for p in model.parameters()),
                "tokenizer": tok_stats, "decoder": dec_stats, **metrics, "config": cfg.to_dict()}
-    if out is not None:
-        save_uni_model(model, out, summary)
+    if run is not None:
+        with C.keeping(run, ["metrics.jsonl"]):  # the save replaces the directory
+            save_uni_model(model, run, summary)
     return model, summary
 
 

@@ -16,7 +16,6 @@ The digits recipe (a tiny VAE at 32x32, the teacher, the student) and its judge-
 from __future__ import annotations
 
 import copy
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -27,7 +26,7 @@ from ..diffusion import flow
 from ..models.latents import encode_latents
 from ..models.uni_decoder import DIGITS_DECODER, DIGITS_DECODER_VAE, UniDecoder
 from ..sampling.image import decoder_noise, decoder_sample, decoder_velocity
-from .ema import EMA
+from .loop import Loop, Optim, backprop
 
 
 @dataclass
@@ -67,29 +66,6 @@ class DecoderTrain:
 # --- helpers ---------------------------------------------------------------------------------------
 
 
-def _reporter(progress, total: int, desc: str):
-    """progress: None / False (silent), True (a tqdm bar) or a callable(step, metrics)."""
-    if callable(progress):
-        return progress, lambda: None
-    if not progress:
-        return (lambda step, metrics: None), lambda: None
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total, desc=desc, leave=False)
-
-    def report(step: int, metrics: dict) -> None:
-        bar.update(1)
-        bar.set_postfix({k: f"{v:.4f}" for k, v in metrics.items()}, refresh=False)
-
-    return report, bar.close
-
-
-def _lr(step: int, base: float, warmup: int, total: int) -> float:
-    if step < warmup:
-        return base * (step + 1) / warmup
-    return base * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-
 @torch.no_grad()
 def encode_all(vae, pixels: torch.Tensor, chunk: int = 256) -> torch.Tensor:
     """Pixels (N, 3, H, W) in [-1, 1] -> normalised latent means (N, C, H/f, W/f)."""
@@ -110,43 +86,30 @@ def flow_loss_on(decoder: UniDecoder, codes: torch.Tensor, latents: torch.Tensor
 
 
 def train_decoder(decoder: UniDecoder, codes: torch.Tensor, pixels_2x: torch.Tensor, cfg: DecoderTrain,
-                  progress=None) -> dict:
+                  progress: bool = False, out=None) -> dict:
     """Flow matching on the frozen VAE's latents of `pixels_2x` (N, 3, 2H, 2W) in [-1, 1], conditioned
-    on `codes` (N, h, w). In place; with EMA the decoder ends with the EMA weights. -> stats."""
+    on `codes` (N, h, w), on the shared loop (AdamW with decay on every tensor, warm-up + cosine to 0,
+    clipping at 1). In place; with EMA the decoder ends with the EMA weights. -> stats."""
     start, g = time.time(), torch.Generator().manual_seed(cfg.seed)
     decoder.check_codes(codes)
     latents = encode_all(decoder.vae, pixels_2x)  # (N, C, h, w)
-    params = [p for p in decoder.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
-    ema = EMA(decoder, cfg.ema_decay) if cfg.ema_decay else None
-    report, close = _reporter(progress, cfg.steps, "decoder")
-    losses = []
-    decoder.train()
-    for step in range(cfg.steps):
-        for group in opt.param_groups:
-            group["lr"] = _lr(step, cfg.lr, cfg.warmup, cfg.steps)
+    optim = Optim(steps=cfg.steps, lr=cfg.lr, schedule="cosine", warmup=cfg.warmup, weight_decay=cfg.weight_decay,
+                  decay_all=True, betas=(0.9, 0.99), grad_clip=1.0, ema_decay=cfg.ema_decay)
+    loop = Loop(decoder, optim, "decoder", out=out, progress=progress, log_every=10,
+                deadline=start + cfg.time_limit if cfg.time_limit else None)
+
+    def loss(step: int) -> dict:
         idx = torch.randint(0, len(latents), (cfg.batch_size,), generator=g)
         t = flow.sample_t(cfg.batch_size, cfg.t_shift, g)  # (B,)
         xt, target = flow.noise_latents(latents[idx], t, generator=g)  # (B, C, h, w) each
         keep = torch.rand(cfg.batch_size, generator=g) >= cfg.cond_drop  # (B,) False: null condition
-        loss = flow.flow_loss(decoder.velocity(xt, t, codes[idx], keep), target)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        if ema is not None:
-            ema.update(decoder)
-        losses.append(float(loss.detach()))
-        report(step, {"loss": losses[-1]})
-        if cfg.time_limit and time.time() - start > cfg.time_limit:
-            break
-    close()
-    if ema is not None:
-        decoder.load_state_dict({**decoder.state_dict(), **ema.state_dict()})
-    decoder.eval()
-    k = min(50, len(losses))
-    return {"steps": len(losses), "seconds": round(time.time() - start, 1),
-            "first_loss": float(np.mean(losses[:k])), "last_loss": float(np.mean(losses[-k:]))}
+        return {"loss": flow.flow_loss(decoder.velocity(xt, t, codes[idx], keep), target)}
+
+    decoder.train()
+    loop.run(backprop(loss))
+    loop.finish()
+    return {"steps": loop.step, "seconds": round(time.time() - start, 1),
+            "first_loss": loop.mean("loss", first=50), "last_loss": loop.mean("loss", last=50)}
 
 
 # --- 2. the student -----------------------------------------------------------------------------------
@@ -154,11 +117,14 @@ def train_decoder(decoder: UniDecoder, codes: torch.Tensor, pixels_2x: torch.Ten
 
 @torch.no_grad()
 def teacher_trajectories(teacher: UniDecoder, codes: torch.Tensor, noise: torch.Tensor, cfg: DecoderTrain,
-                         chunk: int = 512) -> torch.Tensor:
+                         chunk: int = 512, progress: bool = False) -> torch.Tensor:
     """The teacher's CFG Euler solve on the (student_steps x teacher_substeps)-step grid, kept at the
     student's grid points t_0 = 1 > ... > t_S = 0. -> (N, S + 1, C, h, w)."""
+    from tqdm.auto import tqdm
+
     S, K = cfg.student_steps, cfg.teacher_substeps
     grid = flow.timesteps(S * K, teacher.config["time_shift"])  # contains the S-step grid every K points
+    bar = tqdm(total=-(-len(noise) // chunk) * S * K, desc="teacher trajectories", unit="step", disable=not progress)
     out = []
     for i in range(0, len(noise), chunk):
         x, c = noise[i:i + chunk], codes[i:i + chunk]
@@ -168,11 +134,14 @@ def teacher_trajectories(teacher: UniDecoder, codes: torch.Tensor, noise: torch.
             x = x - v_fn(x, float(grid[j])) * float(grid[j] - grid[j + 1])
             if (j + 1) % K == 0:
                 points.append(x)
+            bar.update(1)
         out.append(torch.stack(points, dim=1))  # (n, S + 1, C, h, w)
+    bar.close()
     return torch.cat(out)
 
 
-def distill(teacher: UniDecoder, cfg: DecoderTrain, codes: torch.Tensor, progress=None) -> tuple[UniDecoder, dict]:
+def distill(teacher: UniDecoder, cfg: DecoderTrain, codes: torch.Tensor, progress: bool = False,
+            out=None) -> tuple[UniDecoder, dict]:
     """Distil the teacher's guided ODE into a `student_steps`-step (8) student that runs without CFG.
 
     What is implemented, exactly:
@@ -186,7 +155,8 @@ def distill(teacher: UniDecoder, cfg: DecoderTrain, codes: torch.Tensor, progres
            consistency loss |(x_n - t_n v_s(x_n, t_n)) - sg(x_{n+1} - t_{n+1} v_ema(x_{n+1}, t_{n+1}))|^2:
                             the student's x0-estimate at t_n agrees with the EMA student's at the
                             adjacent trajectory point (at t_S = 0 the target is x_S itself);
-         loss = trajectory + consistency_weight * consistency; AdamW with cosine decay;
+         loss = trajectory + consistency_weight * consistency; AdamW with 20 warm-up steps and
+         cosine decay to 0, clipping at 1, on the shared loop;
       3. the returned student is the EMA student (decay `distill_ema`), with config steps = S,
          cfg_scale = 1, so `decoder_sample(student, codes)` is the 8-step CFG-free sampler. -> (student, stats)
     """
@@ -195,23 +165,20 @@ def distill(teacher: UniDecoder, cfg: DecoderTrain, codes: torch.Tensor, progres
     teacher.check_codes(codes)
     pick = torch.randint(0, len(codes), (cfg.bank_size,), generator=g)
     bank_codes = codes[pick]
-    bank = teacher_trajectories(teacher, bank_codes, decoder_noise(teacher, cfg.bank_size, g), cfg)  # (M, S + 1, C, h, w)
+    bank = teacher_trajectories(teacher, bank_codes, decoder_noise(teacher, cfg.bank_size, g), cfg,
+                                progress=progress)  # (M, S + 1, C, h, w)
     bank_seconds = time.time() - start
     grid = flow.timesteps(cfg.student_steps, teacher.config["time_shift"]).float()  # (S + 1,)
 
     student = copy.deepcopy(teacher)
     student.config.update(steps=cfg.student_steps, cfg_scale=1.0)
-    target = copy.deepcopy(student).requires_grad_(False)  # the EMA student
-    params = [p for p in student.parameters() if p.requires_grad]
-    named = dict(target.named_parameters())
-    ema_params = [named[n] for n, p in student.named_parameters() if p.requires_grad]  # aligned with params
-    opt = torch.optim.AdamW(params, lr=cfg.distill_lr, betas=(0.9, 0.99), weight_decay=0.0)
-    report, close = _reporter(progress, cfg.distill_steps, "distilling")
-    traj_losses, cons_losses = [], []
-    student.train()
-    for step in range(cfg.distill_steps):
-        for group in opt.param_groups:
-            group["lr"] = _lr(step, cfg.distill_lr, 20, cfg.distill_steps)
+    target = copy.deepcopy(student).requires_grad_(False)  # the EMA student: the loop's EMA writes into it
+    optim = Optim(steps=cfg.distill_steps, lr=cfg.distill_lr, schedule="cosine", warmup=20, betas=(0.9, 0.99),
+                  grad_clip=1.0, ema_decay=cfg.distill_ema)
+    loop = Loop(student, optim, "distill", ema_into=target, out=out, progress=progress, log_every=10,
+                deadline=start + cfg.distill_time_limit if cfg.distill_time_limit else None)
+
+    def loss(step: int) -> dict:
         idx = torch.randint(0, len(bank), (cfg.distill_batch,), generator=g)
         n = torch.randint(0, cfg.student_steps, (cfg.distill_batch,), generator=g)
         x_n, x_next = bank[idx, n], bank[idx, n + 1]  # (B, C, h, w) each
@@ -222,24 +189,14 @@ def distill(teacher: UniDecoder, cfg: DecoderTrain, codes: torch.Tensor, progres
         with torch.no_grad():
             x0_target = x_next - t_next.view(-1, 1, 1, 1) * target.velocity(x_next, t_next, bank_codes[idx])
         cons = flow.flow_loss(x_n - t_n.view(-1, 1, 1, 1) * v_s, x0_target)
-        loss = traj + cfg.consistency_weight * cons
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        with torch.no_grad():
-            torch._foreach_lerp_(ema_params, params, 1.0 - cfg.distill_ema)
-        traj_losses.append(float(traj.detach()))
-        cons_losses.append(float(cons.detach()))
-        report(step, {"traj": traj_losses[-1], "cons": cons_losses[-1]})
-        if cfg.distill_time_limit and time.time() - start > cfg.distill_time_limit:
-            break
-    close()
+        return {"loss": traj + cfg.consistency_weight * cons, "traj": traj, "cons": cons}
+
+    student.train()
+    loop.run(backprop(loss))
     target.eval()
-    k = min(50, len(traj_losses))
-    stats = {"steps": len(traj_losses), "seconds": round(time.time() - start, 1), "bank_seconds": round(bank_seconds, 1)}
-    for name, losses in (("traj", traj_losses), ("cons", cons_losses)):
-        stats.update({f"first_{name}_loss": float(np.mean(losses[:k])), f"last_{name}_loss": float(np.mean(losses[-k:]))})
+    stats = {"steps": loop.step, "seconds": round(time.time() - start, 1), "bank_seconds": round(bank_seconds, 1)}
+    for name in ("traj", "cons"):
+        stats.update({f"first_{name}_loss": loop.mean(name, first=50), f"last_{name}_loss": loop.mean(name, last=50)})
     return target, stats
 
 
@@ -269,18 +226,18 @@ def digits_data(k: int = 4) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
 
 
 def train_digits_decoder(cfg: DecoderTrain, codes: torch.Tensor, pixels_2x: torch.Tensor, config: dict | None = None,
-                         progress=False) -> tuple[UniDecoder, UniDecoder, dict]:
+                         progress: bool = False, out=None) -> tuple[UniDecoder, UniDecoder, dict]:
     """The VAE (`train.omni.train_vae`), the teacher and the 8-step student. -> (teacher, student, stats)."""
     from .omni import train_vae
 
     torch.manual_seed(cfg.seed)
     start = time.time()
-    vae = train_vae(cfg, pixels_2x)
+    vae = train_vae(cfg, pixels_2x, progress, out, stage="decoder-vae")
     vae_seconds = round(time.time() - start, 1)
     teacher = UniDecoder(dict(config or DIGITS_DECODER, vae=dict(cfg.vae)))
     teacher.load_vae(vae)
-    teacher_stats = train_decoder(teacher, codes, pixels_2x, cfg, progress)
-    student, student_stats = distill(teacher, cfg, codes, progress)
+    teacher_stats = train_decoder(teacher, codes, pixels_2x, cfg, progress, out)
+    student, student_stats = distill(teacher, cfg, codes, progress, out)
     return teacher, student, {"vae_seconds": vae_seconds, "teacher": teacher_stats, "student": student_stats}
 
 

@@ -16,7 +16,6 @@ reach 92% on the held-out digits, with it 95-99% (measured in `pretrain_vision`'
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.augment import random_affine
+from .loop import Loop, Optim, backprop
 
 
 @dataclass
@@ -42,39 +42,36 @@ class VisionPretrain:
 
 def pretrain_vision(features: nn.Module, pixels: torch.Tensor, labels, cfg: VisionPretrain,
                     heldout: tuple[torch.Tensor, object] | None = None,
-                    extra_loss: Callable[[], torch.Tensor] | None = None, progress=None) -> dict:
+                    extra_loss: Callable[[], torch.Tensor] | None = None, hooks=(), progress: bool = False,
+                    out=None, stage: str = "vit") -> dict:
     """Train `features` ((B, 3, H, W) -> (B, N, D)) to name the digit; returns accuracies.
 
     `extra_loss` (called after each forward) adds a term such as a VQ commitment loss; `heldout`
-    (pixels, labels) is only measured, never trained on.
+    (pixels, labels) is only measured, never trained on; `hooks` run after each update (the shared
+    loop's, `train/loop.py`: AdamW with weight decay on every tensor, cosine to zero, no warm-up).
     """
     labels = torch.as_tensor(labels)
     g = torch.Generator().manual_seed(cfg.seed)
     with torch.no_grad():
         dim = features(pixels[:1]).shape[-1]
     head = nn.Linear(dim, int(labels.max()) + 1)
-    params = [p for p in features.parameters() if p.requires_grad] + list(head.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optim = Optim(steps=cfg.steps, lr=cfg.lr, schedule="cosine", weight_decay=cfg.weight_decay, decay_all=True)
+    loop = Loop(features, optim, stage, named=[*features.named_parameters(), *head.named_parameters("head")],
+                hooks=hooks, out=out, progress=progress, log_every=50)
 
     def classify(x: torch.Tensor) -> torch.Tensor:
         return head(features(x).mean(1))
 
-    features.train()
-    for step in range(cfg.steps):
-        for group in opt.param_groups:  # cosine to zero
-            group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
+    def loss(step: int) -> dict:
         idx = torch.randint(0, len(pixels), (cfg.batch_size,), generator=g)
         x = random_affine(pixels[idx], g, cfg.degrees, cfg.zoom, cfg.translate)
-        loss = F.cross_entropy(classify(x), labels[idx], label_smoothing=cfg.label_smoothing)
-        if extra_loss is not None:
-            loss = loss + extra_loss()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if progress is not None:
-            progress(step, {"loss": loss.item()})
+        value = F.cross_entropy(classify(x), labels[idx], label_smoothing=cfg.label_smoothing)
+        return {"loss": value + extra_loss() if extra_loss is not None else value}
+
+    features.train()
+    loop.run(backprop(loss))
     features.eval()
-    stats = {"train_accuracy": accuracy(classify, pixels[:500], labels[:500])}
+    stats = {"train_accuracy": accuracy(classify, pixels[:500], labels[:500]), "steps": loop.step}
     if heldout is not None:
         stats["heldout_accuracy"] = accuracy(classify, heldout[0], torch.as_tensor(heldout[1]))
     return stats

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable
-
 import torch
 from torch import nn
 
@@ -66,25 +64,26 @@ class _Quantized(nn.Module):
 
 
 def train_tokenizer(vq: SiglipVQ, pixels: torch.Tensor, labels, cfg: TokenizerTrain,
-                    heldout: tuple[torch.Tensor, object] | None = None,
-                    progress: Callable[[int, dict], None] | None = None) -> dict:
+                    heldout: tuple[torch.Tensor, object] | None = None, hooks=(), progress: bool = False,
+                    out=None) -> dict:
     """Train `vq` on (N, 3, H, W) pixels in [-1, 1]; returns accuracies from quantized features,
-    codebook usage on the training images, restarts and seconds. `heldout` is only measured."""
+    codebook usage on the training images, restarts and seconds. `heldout` is only measured;
+    `hooks` (loop, metrics) run after each update, after the dead-code restart."""
     start = time.perf_counter()
     module = _Quantized(vq)
     g = torch.Generator().manual_seed(cfg.seed + 1)
     last_restart = int(cfg.steps * (1 - cfg.settle))
     restarted = 0
 
-    def on_step(step: int, info: dict) -> None:
+    def restart(loop, metrics: dict) -> None:  # a loop hook: after the update of step `loop.step`
         nonlocal restarted
+        step = loop.step
         if cfg.restart_every and (step + 1) % cfg.restart_every == 0 and step < last_restart:
-            info["restarted"] = module.restart_dead(g)
-            restarted += info["restarted"]
-        if progress is not None:
-            progress(step, info)
+            metrics["restarted"] = module.restart_dead(g)
+            restarted += metrics["restarted"]
 
-    stats = pretrain_vision(module, pixels, labels, cfg, heldout, module.extra_loss, on_step)
+    stats = pretrain_vision(module, pixels, labels, cfg, heldout, module.extra_loss, hooks=[restart, *hooks],
+                            progress=progress, out=out, stage="tokenizer")
     stats["usage"] = vq.usage(tokenize_digits(vq, pixels))
     stats["restarted"] = restarted
     stats["seconds"] = round(time.perf_counter() - start, 1)
