@@ -105,6 +105,16 @@ def write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+def follow_umask(root: Path) -> None:
+    """Give `root` and everything under it the modes the umask gives new files: mkdtemp makes 0700
+    directories and safetensors writes 0600 files, which a checkpoint should not keep."""
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    for path in [root, *root.rglob("*")]:
+        if not path.is_symlink():
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
+
+
 @contextlib.contextmanager
 def atomic_directory(target: str | Path, overwrite: bool = False):
     """Yield a temporary directory beside `target`; on success it replaces `target` in one rename."""
@@ -115,6 +125,7 @@ def atomic_directory(target: str | Path, overwrite: bool = False):
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         yield tmp
+        follow_umask(tmp)
         if target.exists():
             old = target.with_name(f".{target.name}.old")
             shutil.rmtree(old, ignore_errors=True)

@@ -39,12 +39,11 @@ def register(sub) -> None:
 def run(args) -> int:
     from .recipes import RECIPES, TrainConfig, apply_overrides, recipe
 
-    cfg = recipe(args.recipe)
-    if args.max_steps is not None:
+    cfg = apply_overrides(recipe(args.recipe), args.overrides)
+    if args.max_steps is not None:  # after the overrides, so that it bounds every stage whatever they say
         if args.max_steps < 1:
             raise ValueError(f"--max-steps must be a positive number of steps, got {args.max_steps}")
         cfg = cfg.with_max_steps(args.max_steps)
-    cfg = apply_overrides(cfg, args.overrides)
     if args.list:
         listing = {"recipes": sorted(RECIPES), "recipe": args.recipe, "config": cfg.to_dict()}
         print(json.dumps(listing, indent=2))

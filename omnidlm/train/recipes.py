@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 from dataclasses import dataclass, field
 
 from ..config import ModelConfig, build_dataclass
@@ -231,7 +232,9 @@ def _apply(cfg, tree: dict, where: str = ""):
         if top not in fields or (not nested and top in _nested(cfg)):
             raise _unknown(cfg, item, top, where)
         current = getattr(cfg, top)
-        if not nested:
+        if not nested and current is None and _config_type(cfg, top) is not None:
+            changes[top] = _config_from_json(_config_type(cfg, top), node[1], item)
+        elif not nested:
             changes[top] = _parse(node[1], current, where + top, fields[top])
         elif dataclasses.is_dataclass(current):
             changes[top] = _apply(current, node, f"{where}{top}.")
@@ -241,6 +244,24 @@ def _apply(cfg, tree: dict, where: str = ""):
             raise ValueError(f"override {item!r}: field {where}{top!r} has no fields of its own (it is {current!r})")
     replace = getattr(cfg, "replace", None)
     return replace(**changes) if callable(replace) else dataclasses.replace(cfg, **changes)
+
+
+def _config_type(cfg, name: str):
+    """The dataclass an optional field may hold (`vit_pretrain: VisionPretrain | None`), else None."""
+    hint = typing.get_type_hints(type(cfg)).get(name)
+    return next((t for t in typing.get_args(hint) if dataclasses.is_dataclass(t)), None)
+
+
+def _config_from_json(kind, value: str, item: str):
+    """`name={"steps": 4}`: a nested config built from a JSON object (its other fields at their defaults)."""
+    if value.lower() in ("none", "null"):
+        return None
+    try:
+        fields = json.loads(value)
+        return kind(**fields)
+    except (json.JSONDecodeError, TypeError) as error:
+        raise ValueError(f"override {item!r}: expected a JSON object of {kind.__name__} fields "
+                         f"{sorted(f.name for f in dataclasses.fields(kind))} ({error})") from None
 
 
 def _items(tree: dict):
