@@ -85,9 +85,6 @@ def test_progress_bar_names_the_stage(capsys):
     assert "decoder" in capsys.readouterr().err
 
 
-def moe_overrides(*extra):
-    return ["model.n_experts=4", "model.n_experts_per_tok=2", "model.moe_intermediate_size=16",
-            "model.first_k_dense=1", *FAST, *extra]
 
 
 def expert_biases(out) -> list[torch.Tensor]:
@@ -98,19 +95,19 @@ def expert_biases(out) -> list[torch.Tensor]:
 
 
 def test_omnidlm_train_balances_the_experts_of_a_moe_recipe(tmp_path):
-    args = ["train", "--recipe", "synthetic-tiny", "--max-steps", "3"]
-    assert main([*args, "--out", str(tmp_path / "moe"), *moe_overrides()]) == 0
+    args = ["train", "--recipe", "synthetic-moe-tiny", "--max-steps", "3"]
+    assert main([*args, "--out", str(tmp_path / "moe"), *FAST]) == 0
     biases = expert_biases(tmp_path / "moe")
     assert len(biases) == 1 and biases[0].abs().sum() > 0  # one MoE layer (the first is dense), nudged
     assert float(biases[0].abs().max()) <= 3 * 1e-3 * math.sqrt(4) + 1e-7  # a step moves a bias at most u*sqrt(E)
-    assert main([*args, "--out", str(tmp_path / "off"), *moe_overrides("balance_rate=0")]) == 0
+    assert main([*args, "--out", str(tmp_path / "off"), *FAST, "balance_rate=0"]) == 0
     assert all(float(b.abs().sum()) == 0 for b in expert_biases(tmp_path / "off"))
 
 
 def test_list_shows_every_recipe(capsys):
     assert main(["train", "--list"]) == 0
     recipes = json.loads(capsys.readouterr().out)["recipes"]
-    assert {"synthetic-text", "synthetic-tiny", "chat-sft", "chat-lora", "digits-lladao", "digits-lladao-tiny",
+    assert {"synthetic-text", "synthetic-tiny", "synthetic-moe-tiny", "chat-sft", "chat-lora", "digits-lladao", "digits-lladao-tiny",
             "digits-uni", "digits-uni-tiny"} <= set(recipes)
 
 

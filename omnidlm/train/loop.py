@@ -175,8 +175,8 @@ class Loop:
 
     def mean(self, key: str, last: int | None = None, first: int | None = None) -> float:
         """Mean of a metric over the last (or first) steps run in this process."""
-        values = [m[key] for m in self.history if key in m]
-        values = values[:first] if first else values[-last:] if last else values
+        rows = self.history[:first] if first else self.history[-last:] if last else self.history
+        values = [m[key] for m in rows if key in m]
         return sum(values) / len(values) if values else float("nan")
 
     def log(self) -> None:

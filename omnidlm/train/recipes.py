@@ -136,6 +136,14 @@ def synthetic_tiny() -> TrainConfig:
                        eval_samples=0, progress=False)
 
 
+def synthetic_moe_tiny() -> TrainConfig:
+    """As synthetic-tiny with a LLaDA2.0-style MoE second layer (4 experts, 2 per token, a shared
+    expert): the loop balances its experts after every step (`balance_rate`)."""
+    model = synthetic_tiny().model.replace(n_experts=4, n_experts_per_tok=2, n_shared_experts=1,
+                                           moe_intermediate_size=16, first_k_dense=1)
+    return dataclasses.replace(synthetic_tiny(), recipe="synthetic-moe-tiny", model=model)
+
+
 def chat_sft() -> TrainConfig:
     """LLaDA SFT on a JSON-lines chat file (`data_path=...`), full fine-tuning of `init_from`."""
     cfg = synthetic_tiny()
@@ -152,8 +160,8 @@ def _recipes() -> dict:
     from .omni import OMNI_RECIPES
     from .uni import UNI_RECIPES
 
-    text = {"synthetic-text": synthetic_text, "synthetic-tiny": synthetic_tiny, "chat-sft": chat_sft,
-            "chat-lora": chat_lora}
+    text = {"synthetic-text": synthetic_text, "synthetic-tiny": synthetic_tiny, "synthetic-moe-tiny": synthetic_moe_tiny,
+            "chat-sft": chat_sft, "chat-lora": chat_lora}
     return {**text, **OMNI_RECIPES, **UNI_RECIPES}
 
 
