@@ -76,11 +76,8 @@ class Backbone(nn.Module):
     ) -> ModelOutput:
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds  # (B, L, D)
         B, L, _ = x.shape
-        if position_ids is None and getattr(kv_cache, "position_ids", None) is not None:
-            position_ids = kv_cache.position_ids  # (B, L): where the engine's cache writes these tokens
-        elif position_ids is None:  # a prefix cache appending at next_position, or no cache
-            start = kv_cache.next_position if kv_cache is not None else 0
-            position_ids = torch.arange(start, start + L, device=x.device)[None].expand(B, -1)
+        if position_ids is None:
+            position_ids = torch.arange(L, device=x.device)[None].expand(B, -1)
         cos, sin = self.rotary.cos_sin(position_ids)
         mask = as_attention_mask(attention_mask, L)
         for layer in self.layers:

@@ -33,8 +33,8 @@ class KVCache:
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
         self.slot_pos = torch.full((batch, length + 1), -1, dtype=torch.long, device=device)  # (B, T+1)
-        self._rows = self._slots = self.position_ids = None
-        self.width = 0
+        self._rows = self._slots = None
+        self.width = self._first = 0
 
     @classmethod
     def for_model(cls, model, batch: int, length: int) -> "KVCache":
@@ -59,24 +59,26 @@ class KVCache:
         self.slot_pos = torch.cat([self.slot_pos[:, :-1], pad, self.slot_pos[:, -1:]], dim=1)
         self.length = length
 
-    def begin(self, slots: torch.Tensor, positions: torch.Tensor, width: int) -> torch.Tensor:
-        """Prepare a forward of rows [0, n): query j of row r writes slot slots[r, j] (trash for
-        padding) and holds position positions[r, j]. -> the positions of slots [0, width), (n, W)."""
+    def begin(self, slots: torch.Tensor, positions: torch.Tensor, width: int, first_row: int = 0) -> torch.Tensor:
+        """Prepare a forward of rows [first_row, first_row + n): query j of batch row r writes slot
+        slots[r, j] (trash for padding) and holds position positions[r, j] (a prefix slot holds
+        `prefix.PREFIX_SLOT`). -> the positions of slots [0, width) of those rows, (n, W)."""
         n = slots.shape[0]
         if width > self.length:
             raise ValueError(f"cache width {width} exceeds its length {self.length}")
-        self._rows = torch.arange(n, device=slots.device)[:, None].expand_as(slots)  # (n, Lq)
-        self._slots, self.position_ids, self.width = slots, positions, width
+        rows = torch.arange(first_row, first_row + n, device=slots.device)
+        self._rows = rows[:, None].expand_as(slots)  # (n, Lq)
+        self._slots, self.width, self._first = slots, width, first_row
         self.slot_pos[self._rows, slots] = torch.where(slots == self.trash, -1, positions)
-        return self.slot_pos[:n, :width]
+        return self.slot_pos[first_row : first_row + n, :width]
 
     def attend_kv(self, layer_idx: int, k_BHLD: torch.Tensor, v_BHLD: torch.Tensor):
         """Write the new keys/values into their slots; -> keys/values of slots [0, width)."""
-        n = k_BHLD.shape[0]
+        rows = slice(self._first, self._first + k_BHLD.shape[0])
         k_store, v_store = self.k[layer_idx], self.v[layer_idx]
         k_store[self._rows, :, self._slots] = k_BHLD.transpose(1, 2).to(k_store.dtype)  # (n, Lq, H, D)
         v_store[self._rows, :, self._slots] = v_BHLD.transpose(1, 2).to(v_store.dtype)
-        return k_store[:n, :, : self.width], v_store[:n, :, : self.width]
+        return k_store[rows, :, : self.width], v_store[rows, :, : self.width]
 
     def reset_row(self, row: int) -> None:
         """Forget a row (a new request takes its place)."""

@@ -27,6 +27,13 @@ Per-row settings (`Request.settings`, sampling/rows.py): the rows of one batch m
 temperature, top-k, top-p, policy (threshold / factor / steps per block), ban ids and max_new_tokens,
 and a request's `seed` gives it its own generator; block length, attention and cache are the engine's.
 
+Multimodal prefix (`Request.prefix`, sampling/prefix.py): embeddings with their own RoPE positions
+and attention splits before the canvas (an image's ViT features, LLaDA-o's layout), prefilled once
+into the cache (one forward for the rows admitted together) or, with cache "none", recomputed with
+the canvas; a prefix row's blocks are aligned at its canvas start. With "full" attention a block's
+schedule spreads the masks it holds at its first step (LLaDA's rule), with "block" the block length
+(LLaDA2.0's rule); the two differ only for a block that holds prompt tokens.
+
 Adaptive length (`stop_at_eos`): a row stops as soon as it holds a committed EOS with nothing
 masked before it; its output is cut after that EOS (what the LLaDA2.0 sampler returns).
 """
@@ -34,65 +41,17 @@ masked before it; its output is cut after that EOS (what the LLaDA2.0 sampler re
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
+from . import prefix as PF
 from .cache import KVCache
-from .policies import FixedSteps, Threshold, step_minimum
+from .config import ATTENTIONS, CACHE_MODES, SamplingConfig, check_config, reference_config  # noqa: F401 (re-exported)
+from .policies import Threshold, step_minimum
+from .prefix import PREFIX_SLOT, Prefix
 from .rows import RowSettings, RowTable
-from .sprint import Sprint, prune_row, prefix_confidence
-
-CACHE_MODES = ("none", "exact", "approx")
-ATTENTIONS = ("block", "full")
-
-
-@dataclass
-class SamplingConfig:
-    max_new_tokens: int = 128  # an upper bound with stop_at_eos
-    block_length: int | None = None  # None: the model's block_size
-    attention: str | None = None  # "block" | "full"; None: the model's attention
-    cache: str = "exact"
-    policy: object = field(default_factory=lambda: Threshold(0.9, 32))
-    temperature: float = 0.0
-    top_k: int | None = None
-    top_p: float | None = None
-    remasking: str = "low_confidence"  # or "random" (LLaDA): confidence ~ U(0, 1)
-    stop_at_eos: bool = True
-    ban_ids: tuple[int, ...] = ()
-    sprint: Sprint | None = None
-
-    def resolved(self, model_cfg) -> "SamplingConfig":
-        """A copy with the model's defaults filled in; ValueError naming a bad field."""
-        out = SamplingConfig(**{**self.__dict__})
-        out.block_length = out.block_length or model_cfg.block_size
-        out.attention = out.attention or model_cfg.attention
-        if out.sprint is not None and out.sprint.threshold is not None:  # SPRINT's own unmasking threshold
-            out.policy = Threshold(out.sprint.threshold, out.policy.steps)
-        check_config(out)
-        return out
-
-
-def check_config(cfg: SamplingConfig) -> None:
-    if cfg.cache not in CACHE_MODES:
-        raise ValueError(f"unknown cache mode {cfg.cache!r}; valid cache modes: {', '.join(CACHE_MODES)}")
-    if cfg.attention not in ATTENTIONS:
-        raise ValueError(f"attention must be one of {ATTENTIONS}, got {cfg.attention!r}")
-    if cfg.cache == "exact" and cfg.attention != "block":
-        raise ValueError(
-            "cache 'exact' needs block-causal attention: with full bidirectional attention every "
-            "position's keys and values change whenever any token is committed, so no cache is exact. "
-            "Use cache 'approx' (refreshed at each block boundary) or 'none', or sample block-causally "
-            "(--sampler llada2)")
-    if cfg.sprint is not None and cfg.cache != "exact":
-        raise ValueError(f"SPRINT prunes the exact prefix cache: it needs cache 'exact', got {cfg.cache!r}")
-    if cfg.max_new_tokens <= 0 or cfg.block_length <= 0:
-        raise ValueError(f"max_new_tokens ({cfg.max_new_tokens}) and block_length ({cfg.block_length}) "
-                         "must be positive")
-    if cfg.remasking not in ("low_confidence", "random"):
-        raise ValueError(f"remasking must be 'low_confidence' or 'random', got {cfg.remasking!r}")
-    if not hasattr(cfg.policy, "commit_rows"):
-        raise ValueError(f"policy must be a policy object (see sampling/policies.py), got {cfg.policy!r}")
+from .sprint import prune_row, prefix_confidence
 
 
 @dataclass
@@ -106,6 +65,7 @@ class Request:
     image_mask: list[bool] | None = None  # per prompt token, for SPRINT's per-modality keep ratios
     settings: RowSettings | None = None  # this row's sampling settings (sampling/rows.py)
     seed: int | None = None  # a generator of its own: the same answer whatever shares the batch
+    prefix: Prefix | None = None  # a multimodal prefix before the canvas (sampling/prefix.py)
 
 
 @dataclass
@@ -128,8 +88,14 @@ class _Row:
     step: int = 0  # steps taken in the current block
     cached: int = 0  # exact cache: positions before this are final in the cache
     forwards: int = 0
-    shift: int = 0  # SPRINT: prompt positions pruned from the cache (slot = position - shift)
+    shift: int = 0  # slot = position - shift: -prefix length, or SPRINT's pruned prompt positions
     prefix_conf: torch.Tensor | None = None  # SPRINT: top-1 confidence of the prompt positions
+    rope: int = 0  # RoPE position of canvas position 0 (the prefix's next_position)
+    prefilled: bool = True  # False until the prefix is in the cache
+
+    @property
+    def prefix(self) -> Prefix | None:
+        return self.request.prefix
 
 
 class BatchEngine:
@@ -171,6 +137,8 @@ class BatchEngine:
             self._admit(self.queue.pop(0))
         if not self.rows:
             return []
+        if self.cache is not None:
+            self._prefill()
         return self._advance(*self._denoise())
 
     def run(self, requests) -> list[Result]:
@@ -192,6 +160,15 @@ class BatchEngine:
             out[row.request.id] = ids[: ids.index(self.eos_id) + 1] if self.eos_id in ids else ids
         return out
 
+    def canvas(self) -> dict:
+        """{id: the row's canvas from its prompt's end to the end of its current block, masks
+        included} for every active row (what an unmasking animation draws)."""
+        out = {}
+        for i, row in enumerate(self.rows):
+            stop = min(row.end, row.block + self.cfg.block_length)
+            out[row.request.id] = self.tokens[i, row.prompt_len : stop].tolist()
+        return out
+
     def cancel(self, request_id) -> bool:
         """Drop a queued or active request (e.g. its client went away); -> whether it was found."""
         for j, request in enumerate(self.queue):
@@ -206,16 +183,17 @@ class BatchEngine:
 
     def _validate(self, request: Request) -> None:
         cfg, mcfg = self.cfg, self.model.config
-        if not request.prompt_ids:
+        if not request.prompt_ids and request.prefix is None:
             raise ValueError("prompt_ids is empty: give at least one token")
-        if min(request.prompt_ids) < 0 or max(request.prompt_ids) >= mcfg.vocab_size:
+        if request.prompt_ids and (min(request.prompt_ids) < 0 or max(request.prompt_ids) >= mcfg.vocab_size):
             raise ValueError(f"prompt_ids hold ids outside the vocabulary [0, {mcfg.vocab_size})")
         new = cfg.max_new_tokens if request.max_new_tokens is None else request.max_new_tokens
         if new <= 0:
             raise ValueError(f"max_new_tokens must be positive, got {new}")
-        if len(request.prompt_ids) + new > mcfg.max_seq_len:
-            raise ValueError(f"prompt ({len(request.prompt_ids)} tokens) + max_new_tokens ({new}) exceeds "
-                             f"the model's maximum sequence length ({mcfg.max_seq_len})")
+        prefix_len = self._validate_prefix(request.prefix)
+        if prefix_len + len(request.prompt_ids) + new > mcfg.max_seq_len:
+            raise ValueError(f"prompt ({prefix_len + len(request.prompt_ids)} tokens) + max_new_tokens ({new}) "
+                             f"exceeds the model's maximum sequence length ({mcfg.max_seq_len})")
         if request.settings is not None:
             if not isinstance(request.settings, RowSettings):
                 raise ValueError(f"Request.settings must be a RowSettings or None, got {type(request.settings).__name__}")
@@ -224,6 +202,19 @@ class BatchEngine:
                 raise ValueError(f"ban_ids hold ids outside the vocabulary [0, {mcfg.vocab_size}): {bad[:3]}")
         if request.seed is not None and not isinstance(request.seed, int):
             raise ValueError(f"Request.seed must be an integer or None, got {request.seed!r}")
+
+    def _validate_prefix(self, prefix) -> int:
+        """-> the prefix's length (0 for None); ValueError naming what is wrong."""
+        if prefix is None:
+            return 0
+        if not isinstance(prefix, Prefix):
+            raise ValueError(f"Request.prefix must be a Prefix (sampling/prefix.py) or None, got {type(prefix).__name__}")
+        if prefix.embeds.shape[1] != self.model.config.hidden_size:
+            raise ValueError(f"Prefix.embeds have width {prefix.embeds.shape[1]}, the model's hidden size is "
+                             f"{self.model.config.hidden_size}")
+        if self.cfg.sprint is not None:
+            raise ValueError("SPRINT prunes a prompt of token ids; it does not take a Request.prefix")
+        return prefix.length
 
     def _settings(self, request: Request) -> RowSettings:
         """The row's settings: its own or the engine's; SPRINT's threshold replaces the policy's."""
@@ -234,14 +225,14 @@ class BatchEngine:
         return s
 
     def _admit(self, request: Request) -> None:
-        P, bl = len(request.prompt_ids), self.cfg.block_length
+        P, bl, prefix = len(request.prompt_ids), self.cfg.block_length, request.prefix
         end = P + (self.cfg.max_new_tokens if request.max_new_tokens is None else request.max_new_tokens)
-        if self.cfg.attention == "block":  # blocks aligned at 0
+        if self.cfg.attention == "block" or prefix is not None:  # blocks aligned at the canvas start
             first, length = P // bl * bl, -(-end // bl) * bl
         else:  # blocks from the prompt's end
             first, length = P, P + -(-(end - P) // bl) * bl
-        r = len(self.rows)
-        self._ensure_length(length)
+        r, prefix_len = len(self.rows), 0 if prefix is None else prefix.length
+        self._ensure_length(length, prefix_len)
         self.tokens[r] = self.pad_id
         self.tokens[r, :P] = torch.tensor(request.prompt_ids, device=self.tokens.device)
         self.tokens[r, P:length] = self.mask_id
@@ -251,14 +242,36 @@ class BatchEngine:
         if request.seed is not None:
             generator = torch.Generator(device=self.tokens.device).manual_seed(request.seed)
         self.table.set(r, self._settings(request), generator)
-        self.rows.append(_Row(request, P, end, length, first))
+        row = _Row(request, P, end, length, first, shift=-prefix_len)
+        if prefix is not None:
+            row.rope, row.prefilled = prefix.next_position, self.cache is None
+        self.rows.append(row)
 
-    def _ensure_length(self, length: int) -> None:
+    def _ensure_length(self, length: int, prefix_len: int = 0) -> None:
         if length > self.tokens.shape[1]:
             pad = self.tokens.new_full((self.max_batch, length - self.tokens.shape[1]), self.pad_id)
             self.tokens = torch.cat([self.tokens, pad], dim=1)
         if self.cache is not None:
-            self.cache.ensure_length(length)
+            self.cache.ensure_length(length + prefix_len)
+
+    def _prefill(self) -> None:
+        """ONE forward writes the prefixes of the rows admitted at this step (contiguous, at the
+        end) into slots [0, P) of their cache rows; each prefix token sees the splits up to its own."""
+        todo = [i for i, row in enumerate(self.rows) if not row.prefilled]
+        if not todo:
+            return
+        first, n = todo[0], len(self.rows) - todo[0]
+        rows = self.rows[first:]
+        pre = PF.stack([row.prefix if not row.prefilled else None for row in rows], self.tokens.device,
+                       self.model.dtype)
+        width = pre["valid"].shape[1]
+        slots = torch.where(pre["valid"], torch.arange(width, device=self.tokens.device), self.cache.trash)
+        self.cache.begin(slots, torch.full_like(slots, PREFIX_SLOT), width, first_row=first)
+        mask = PF.split_mask(pre["splits"], pre["valid"])[:, None]  # (n, 1, P, P)
+        self.forward(None, inputs_embeds=pre["embeds"], attention_mask=mask, position_ids=pre["position_ids"],
+                     kv_cache=self.cache, logits_at=slots.new_zeros(n, 0))
+        for row in rows:
+            row.prefilled = True
 
     # -- one denoising step ----------------------------------------------------------------------
     def _plan(self) -> dict[str, torch.Tensor]:
@@ -275,9 +288,10 @@ class BatchEngine:
             else:  # "none", or the refreshing first step of a block with "approx"
                 a, e = 0, canvas_end
             table.append([a, e, canvas_end - row.shift, row.block, row.step, row.prompt_len, row.end,
-                          row.length, row.shift])
+                          row.length, row.shift, row.rope])
         cols = torch.tensor(table, device=self.tokens.device).unbind(1)
-        plan = dict(zip(("a", "e", "seen", "block", "step", "prompt_len", "end", "length", "shift"), cols))
+        names = ("a", "e", "seen", "block", "step", "prompt_len", "end", "length", "shift", "rope")
+        plan = dict(zip(names, cols))
         plan["n_queries"] = max(r[1] - r[0] for r in table)
         plan["width"] = max(r[2] for r in table)
         return plan
@@ -324,14 +338,37 @@ class BatchEngine:
             slots = torch.where(valid, q_pos - plan["shift"][:, None], self.cache.trash)
             k_pos = self.cache.begin(slots, q_pos, plan["width"])  # (n, W)
             kv = self.cache
+        rope = q_pos + plan["rope"][:, None]  # RoPE positions: after a prefix they continue from it
+        if kv is None and any(row.prefix is not None for row in self.rows):
+            return self._forward_with_prefix(tokens, q_pos, valid, k_pos, rope, plan)
         mask = self._mask(q_pos, valid, k_pos, plan["length"])
         if logits_at is None:
-            return self.forward(tokens, attention_mask=mask, position_ids=q_pos, kv_cache=kv).logits
-        return self.forward(tokens, attention_mask=mask, position_ids=q_pos, kv_cache=kv, logits_at=logits_at).logits
+            return self.forward(tokens, attention_mask=mask, position_ids=rope, kv_cache=kv).logits
+        return self.forward(tokens, attention_mask=mask, position_ids=rope, kv_cache=kv, logits_at=logits_at).logits
+
+    def _forward_with_prefix(self, tokens, q_pos, valid, k_pos, rope, plan) -> torch.Tensor:
+        """Cache "none": [prefix | canvas queries] in one forward -> the canvas queries' logits.
+        Canvas queries see the prefix; prefix queries see the canvas too with "full" attention
+        (every token sees every token), else only the prefix splits up to their own."""
+        pre = PF.stack([row.prefix for row in self.rows], self.tokens.device, self.model.dtype)
+        P = pre["valid"].shape[1]
+        x = torch.cat([pre["embeds"], self.model.embed(tokens).to(pre["embeds"].dtype)], dim=1)  # (n, P + Lq, D)
+        keys = torch.cat([torch.where(pre["valid"], PREFIX_SLOT, -1), k_pos], dim=1)  # (n, P + Lq)
+        canvas = self._mask(q_pos, valid, keys, plan["length"])  # canvas queries over all keys
+        prefix_q = PF.query_mask(pre, keys, plan["length"], self.cfg.attention == "full")  # (n, P, P + Lq)
+        if canvas is None and bool(prefix_q.all()):
+            mask = None  # every token sees every token: LLaDA-o's chat(use_cache=False) call
+        else:
+            if canvas is None:
+                canvas = torch.ones_like(keys, dtype=torch.bool)[:, None, None, :].expand(-1, 1, tokens.shape[1], -1)
+            mask = torch.cat([prefix_q[:, None], canvas], dim=2)  # (n, 1, P + Lq, P + Lq)
+        positions = torch.cat([pre["position_ids"], rope], dim=1)
+        return self.forward(None, inputs_embeds=x, attention_mask=mask, position_ids=positions).logits[:, P:]
 
     def _mask(self, q_pos, valid, k_pos, lengths) -> torch.Tensor | None:
-        """(n, 1, Lq, W) True = may attend, from the positions of queries and key slots."""
-        key_ok = (k_pos >= 0)[:, None, :]  # (n, 1, W)
+        """(n, 1, Lq, W) True = may attend, from the positions of queries and key slots (-1: empty,
+        PREFIX_SLOT: a prefix token, before every canvas position)."""
+        key_ok = (k_pos != -1)[:, None, :]  # (n, 1, W)
         if self.cfg.attention == "block":
             bl = self.cfg.block_length
             ok = key_ok & (k_pos[:, None, :] // bl <= q_pos[:, :, None] // bl)  # (n, Lq, W)
@@ -350,11 +387,21 @@ class BatchEngine:
             conf = self.table.uniform(n, bl, self.generator)
         masked = current == self.mask_id  # (n, bl)
         conf = torch.where(masked, conf, float("-inf"))
-        minimum = step_minimum(bl, self.table.column("steps", n), step, masked.sum(1))
+        minimum = step_minimum(self._scheduled_total(masked, step), self.table.column("steps", n), step, masked.sum(1))
         if cfg.sprint is not None:  # SPRINT accepts at least min_accept tokens per step
             minimum = torch.maximum(minimum, masked.sum(1).clamp(max=cfg.sprint.min_accept))
         commit = self.table.commit(conf, minimum) & masked
         return torch.where(commit, x0, current)
+
+    def _scheduled_total(self, masked: torch.Tensor, step: torch.Tensor):
+        """The count a block's schedule spreads over its steps: with "block" attention the block
+        length (LLaDA2.0's rule); with "full" the block's masks at its first step (LLaDA's and
+        LLaDA-o's rule; a block that holds the answer's opening tokens has fewer)."""
+        if self.cfg.attention == "block":
+            return self.cfg.block_length
+        total = self.table.column("block_masks", masked.shape[0])
+        total.copy_(torch.where(step == 0, masked.sum(1), total))
+        return total
 
     # -- bookkeeping after a step ----------------------------------------------------------------
     def _advance(self, new: torch.Tensor, positions: torch.Tensor, plan) -> list[Result]:
@@ -425,12 +472,3 @@ def generate(model, prompts, config: SamplingConfig | None = None, max_batch: in
              generator: torch.Generator | None = None) -> list[Result]:
     """Run lists of prompt ids (or Requests) through a BatchEngine; -> results in order."""
     return BatchEngine(model, config, max_batch, generator).run(prompts)
-
-
-def reference_config(attention: str, block_length: int, max_new_tokens: int, steps_per_block: int,
-                     threshold: float | None = None) -> SamplingConfig:
-    """The settings under which the engine (cache "none") is a published reference sampler:
-    LLaDA's `generate` (full, fixed steps, no EOS stop) or `generate_llada2` (block, threshold)."""
-    policy = FixedSteps(steps_per_block) if threshold is None else Threshold(threshold, steps_per_block)
-    return SamplingConfig(max_new_tokens=max_new_tokens, block_length=block_length, attention=attention,
-                          cache="none", policy=policy, stop_at_eos=attention == "block")

@@ -129,11 +129,12 @@ def make_policy(name: str, steps: int, threshold: float = 0.9, factor: float = 1
     raise ValueError(f"unknown policy {name!r}; valid policies: {', '.join(POLICIES)}")
 
 
-def step_minimum(block_length: int, steps: torch.Tensor, step: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+def step_minimum(total, steps: torch.Tensor, step: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
     """Per row (B,): its steps per block, the step index in the block and the masked count -> the
     count to commit at least: min(schedule[step], masked) with schedule =
-    transfer_schedule(block_length, steps) (base = bl // steps, the first bl % steps steps one
-    more); everything at the last step."""
-    base, rem = block_length // steps, block_length % steps  # (B,)
+    transfer_schedule(total, steps) (base = total // steps, the first total % steps steps one
+    more); everything at the last step. `total` (int or (B,)): the block length, or the block's
+    masked count at its first step."""
+    base, rem = total // steps, total % steps  # (B,)
     scheduled = torch.where(step >= steps - 1, masked, base + (step < rem).long())
     return torch.minimum(scheduled, masked)

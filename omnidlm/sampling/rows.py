@@ -60,12 +60,12 @@ class RowTable:
     """Settings of rows [0, max_batch) as device tensors, plus each row's generator and policy."""
 
     FLOATS = ("temperature", "top_p", "param")  # param: the policy's threshold / factor
-    LONGS = ("top_k", "steps")
+    LONGS = ("top_k", "steps", "block_masks")  # block_masks: masked count at the block's first step
 
     def __init__(self, max_batch: int, vocab_size: int, device):
         self.vocab_size, self.device = vocab_size, device
         self.floats = torch.zeros(max_batch, len(self.FLOATS), device=device)  # (B, 3)
-        self.longs = torch.ones(max_batch, len(self.LONGS), dtype=torch.long, device=device)  # (B, 2)
+        self.longs = torch.ones(max_batch, len(self.LONGS), dtype=torch.long, device=device)  # (B, 3)
         self.ban: torch.Tensor | None = None  # (B, V) bool, made when a row first bans ids
         self.settings: list[RowSettings | None] = [None] * max_batch
         self.generators: list[torch.Generator | None] = [None] * max_batch
@@ -80,7 +80,7 @@ class RowTable:
         self.settings[row], self.generators[row] = s, generator
         param = float(getattr(s.policy, "param", 0.0))
         self.floats[row] = torch.tensor([s.temperature, s.top_p or 1.0, param])
-        self.longs[row] = torch.tensor([s.top_k or 0, s.policy.steps])
+        self.longs[row] = torch.tensor([s.top_k or 0, s.policy.steps, 0])
         if s.ban_ids and self.ban is None:
             self.ban = torch.zeros(len(self.settings), self.vocab_size, dtype=torch.bool, device=self.device)
         if self.ban is not None:
