@@ -8,7 +8,7 @@ import torch
 
 from omnidlm.sampling.engine import BatchEngine, Request, SamplingConfig, generate, reference_config
 from omnidlm.sampling.policies import FixedSteps, Threshold
-from omnidlm.sampling.prefix import Prefix
+from omnidlm.sampling.prefix import Prefix, split_mask
 from omnidlm.sampling.reference import generate as llada_generate
 from omnidlm.sampling.reference import generate_llada2
 from omnidlm.sampling.sprint import Sprint
@@ -18,7 +18,8 @@ from test_engine import prompts
 def embedded(model, ids, splits=None, positions=None):
     with torch.no_grad():
         embeds = model.embed(torch.tensor(ids))
-    return Prefix(embeds, torch.arange(len(ids)) if positions is None else positions, splits)
+    mask = None if splits is None else split_mask(splits)
+    return Prefix(embeds, torch.arange(len(ids)) if positions is None else positions, mask)
 
 
 @pytest.mark.parametrize("cache", ["exact", "none"])
@@ -56,8 +57,9 @@ def image_like_prefix(model, seed):
     D = model.config.hidden_size
     embeds = torch.randn(13, D, generator=g) * 0.5
     positions = torch.tensor([0, 1, 2, 3] + [4] * 6 + [5, 6, 7])
-    splits = torch.tensor([0] * 4 + [1] * 6 + [2] * 3)
-    return Prefix(embeds, positions, splits)
+    mask = split_mask(torch.tensor([0] * 4 + [1] * 6 + [2] * 3))
+    mask[:4, :4] = torch.ones(4, 4).tril().bool()  # the first text split causal, as the digits models' prompts
+    return Prefix(embeds, positions, mask)
 
 
 def test_a_shared_position_prefix_gives_the_same_answer_cached_and_uncached(llada2_tiny):
@@ -106,7 +108,11 @@ def test_bad_prefixes_say_what():
     with pytest.raises(ValueError, match="prompt_ids is empty"):
         engine.add(Request([]))
     with pytest.raises(ValueError, match="non-decreasing"):
-        Prefix(torch.zeros(3, 8), torch.arange(3), torch.tensor([1, 0, 1]))
+        split_mask(torch.tensor([1, 0, 1]))
+    with pytest.raises(ValueError, match="sees nothing"):
+        Prefix(torch.zeros(3, 8), torch.arange(3), torch.eye(3).bool() & False)
+    with pytest.raises(ValueError, match=r"must be \(3, 3\)"):
+        Prefix(torch.zeros(3, 8), torch.arange(3), torch.ones(2, 2))
     with pytest.raises(ValueError, match="position_ids has 2"):
         Prefix(torch.zeros(3, 8), torch.arange(2))
     sprint = BatchEngine(MockModel(confident(lambda p: 3, 0.9)), SamplingConfig(max_new_tokens=8, block_length=4,

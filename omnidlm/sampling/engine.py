@@ -28,7 +28,7 @@ temperature, top-k, top-p, policy (threshold / factor / steps per block), ban id
 and a request's `seed` gives it its own generator; block length, attention and cache are the engine's.
 
 Multimodal prefix (`Request.prefix`, sampling/prefix.py): embeddings with their own RoPE positions
-and attention splits before the canvas (an image's ViT features, LLaDA-o's layout), prefilled once
+and attention mask before the canvas (an image's ViT features, LLaDA-o's layout), prefilled once
 into the cache (one forward for the rows admitted together) or, with cache "none", recomputed with
 the canvas; a prefix row's blocks are aligned at its canvas start. With "full" attention a block's
 schedule spreads the masks it holds at its first step (LLaDA's rule), with "block" the block length
@@ -256,7 +256,7 @@ class BatchEngine:
 
     def _prefill(self) -> None:
         """ONE forward writes the prefixes of the rows admitted at this step (contiguous, at the
-        end) into slots [0, P) of their cache rows; each prefix token sees the splits up to its own."""
+        end) into slots [0, P) of their cache rows, under each prefix's own mask."""
         todo = [i for i, row in enumerate(self.rows) if not row.prefilled]
         if not todo:
             return
@@ -267,7 +267,7 @@ class BatchEngine:
         width = pre["valid"].shape[1]
         slots = torch.where(pre["valid"], torch.arange(width, device=self.tokens.device), self.cache.trash)
         self.cache.begin(slots, torch.full_like(slots, PREFIX_SLOT), width, first_row=first)
-        mask = PF.split_mask(pre["splits"], pre["valid"])[:, None]  # (n, 1, P, P)
+        mask = pre["mask"][:, None]  # (n, 1, P, P)
         self.forward(None, inputs_embeds=pre["embeds"], attention_mask=mask, position_ids=pre["position_ids"],
                      kv_cache=self.cache, logits_at=slots.new_zeros(n, 0))
         for row in rows:
@@ -349,7 +349,7 @@ class BatchEngine:
     def _forward_with_prefix(self, tokens, q_pos, valid, k_pos, rope, plan) -> torch.Tensor:
         """Cache "none": [prefix | canvas queries] in one forward -> the canvas queries' logits.
         Canvas queries see the prefix; prefix queries see the canvas too with "full" attention
-        (every token sees every token), else only the prefix splits up to their own."""
+        (every token sees every token), else only what their prefix mask allows."""
         pre = PF.stack([row.prefix for row in self.rows], self.tokens.device, self.model.dtype)
         P = pre["valid"].shape[1]
         x = torch.cat([pre["embeds"], self.model.embed(tokens).to(pre["embeds"].dtype)], dim=1)  # (n, P + Lq, D)

@@ -1,8 +1,8 @@
 """A multimodal prefix of an engine request: embeddings (ViT features at image positions, text
 embeddings around them) that condition the answer canvas, with their own RoPE positions and
-attention splits.
+attention structure.
 
-    prefix = Prefix(embeds, position_ids=torch.tensor([0, 0, 0, 1, 2]), splits=torch.tensor([0, 0, 0, 1, 1]))
+    prefix = Prefix(embeds, position_ids=torch.tensor([0, 0, 0, 1, 2]), mask=split_mask([0, 0, 0, 1, 1]))
     engine.add(Request(prompt_ids=[bos], prefix=prefix))     # the canvas [bos | masks] follows the prefix
 
 Layout of a row with a prefix of P embeddings: [prefix | canvas]. The canvas's RoPE positions
@@ -12,8 +12,8 @@ layouts (the prefix is the prompt; `prompt_ids` are the answer's fixed opening t
 LLaDA-o's [bos]). What sees what:
 
 - canvas queries see every prefix token, and the canvas under the engine's attention layout;
-- with "block" attention, a prefix token sees the prefix splits up to its own (a split sees the
-  earlier splits and itself fully: LLaDA-o's intra-modality attention) and never the canvas, so the
+- with "block" attention, a prefix token sees the prefix tokens its `mask` allows (LLaDA-o's
+  intra-modality splits: `split_mask`, or a segment layout's mask) and never the canvas, so the
   prefix is a clean prefix: cached modes prefill it ONCE (one forward for the rows admitted together)
   into the engine's KVCache, at slots [0, P) of the row;
 - with "full" attention and cache "none", every token sees every token, the prefix included
@@ -32,11 +32,13 @@ PREFIX_SLOT = -2  # KVCache.slot_pos of a prefix slot: before every canvas posit
 
 @dataclass
 class Prefix:
-    """Embeddings before a request's canvas. `splits` None: one split (the prefix sees itself fully)."""
+    """Embeddings before a request's canvas, with their own attention structure: `mask` (P, P)
+    bool, True = may attend (e.g. `segments.single(segs).mask[0, 0]`, or `split_mask(splits)`);
+    None: every prefix token sees every prefix token."""
 
     embeds: torch.Tensor  # (P, D) input embeddings, in the model's hidden size
     position_ids: torch.Tensor  # (P,) RoPE positions
-    splits: torch.Tensor | None = None  # (P,) non-decreasing split index of each token
+    mask: torch.Tensor | None = None  # (P, P) bool among the prefix tokens (with "block" attention)
     next_position: int | None = None  # RoPE position of canvas token 0; None: max(position_ids) + 1
 
     def __post_init__(self):
@@ -46,12 +48,12 @@ class Prefix:
         self.position_ids = torch.as_tensor(self.position_ids, dtype=torch.long).reshape(-1)
         if self.position_ids.shape[0] != P:
             raise ValueError(f"Prefix.position_ids has {self.position_ids.shape[0]} entries for {P} embeddings")
-        splits = torch.zeros(P, dtype=torch.long) if self.splits is None else torch.as_tensor(self.splits)
-        self.splits = splits.to(dtype=torch.long).reshape(-1)
-        if self.splits.shape[0] != P:
-            raise ValueError(f"Prefix.splits has {self.splits.shape[0]} entries for {P} embeddings")
-        if (self.splits.diff() < 0).any():
-            raise ValueError("Prefix.splits must be non-decreasing (a split sees the splits before it)")
+        if self.mask is not None:
+            self.mask = torch.as_tensor(self.mask, dtype=torch.bool)
+            if self.mask.shape != (P, P):
+                raise ValueError(f"Prefix.mask must be ({P}, {P}) for {P} embeddings, got {tuple(self.mask.shape)}")
+            if not self.mask.any(1).all():
+                raise ValueError("Prefix.mask has a token that sees nothing (an empty attention row)")
         if self.next_position is None:
             self.next_position = int(self.position_ids.max()) + 1
 
@@ -60,44 +62,45 @@ class Prefix:
         return self.embeds.shape[0]
 
 
+def split_mask(splits: torch.Tensor) -> torch.Tensor:
+    """(P,) non-decreasing split index -> (P, P): a split sees the earlier splits and itself fully
+    (LLaDA-o's intra-modality attention for clean splits)."""
+    splits = torch.as_tensor(splits, dtype=torch.long)
+    if (splits.diff() < 0).any():
+        raise ValueError("splits must be non-decreasing (a split sees the splits before it)")
+    return splits[None, :] <= splits[:, None]
+
+
 def stack(prefixes: list[Prefix | None], device, dtype) -> dict[str, torch.Tensor]:
-    """Rows' prefixes left-aligned and padded to the longest: embeds (n, P, D), position_ids,
-    splits (n, P) and `valid` (n, P) bool."""
+    """Rows' prefixes left-aligned and padded to the longest: embeds (n, P, D), position_ids (n, P),
+    mask (n, P, P) (padded queries see key 0, their output is dropped) and `valid` (n, P) bool."""
     width = max((p.length for p in prefixes if p is not None), default=0)
     dim = next(p.embeds.shape[1] for p in prefixes if p is not None)
     n = len(prefixes)
     out = {"embeds": torch.zeros(n, width, dim, device=device, dtype=dtype),
            "position_ids": torch.zeros(n, width, dtype=torch.long, device=device),
-           "splits": torch.zeros(n, width, dtype=torch.long, device=device),
+           "mask": torch.zeros(n, width, width, dtype=torch.bool, device=device),
            "valid": torch.zeros(n, width, dtype=torch.bool, device=device)}
     for i, p in enumerate(prefixes):
         if p is not None:
             P = p.length
             out["embeds"][i, :P] = p.embeds.to(device=device, dtype=dtype)
             out["position_ids"][i, :P] = p.position_ids.to(device)
-            out["splits"][i, :P] = p.splits.to(device)
+            out["mask"][i, :P, :P] = True if p.mask is None else p.mask.to(device)
             out["valid"][i, :P] = True
+    out["mask"][:, :, 0] |= ~out["valid"]
     return out
-
-
-def split_mask(splits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """(n, P) splits and validity -> (n, P, P) bool: query j sees key k of a split <= its own;
-    padded queries see key 0 (their output is dropped)."""
-    ok = (splits[:, None, :] <= splits[:, :, None]) & valid[:, None, :]  # (n, Q, K)
-    pad = ~valid[:, :, None] & (torch.arange(splits.shape[1], device=splits.device) == 0)
-    return ok | pad
 
 
 def query_mask(pre: dict, keys: torch.Tensor, lengths: torch.Tensor, full: bool) -> torch.Tensor:
     """The prefix queries' rows of an uncached [prefix | canvas] forward -> (n, P, K) bool. `keys`
     (n, K): the key positions (-1 empty, PREFIX_SLOT a prefix token, else a canvas position).
-    With full attention a prefix token sees every real key, canvas included; else the splits up to
-    its own. Padded queries see key 0."""
+    With full attention a prefix token sees every real key, canvas included; else its own mask's
+    prefix keys. Padded queries see key 0."""
     valid, P = pre["valid"], pre["valid"].shape[1]
     if full:
         ok = ((keys != -1) & (keys < lengths[:, None]))[:, None, :].expand(-1, P, -1)
-    else:
-        canvas = keys.new_zeros(keys.shape[0], P, keys.shape[1] - P, dtype=torch.bool)
-        ok = torch.cat([split_mask(pre["splits"], valid), canvas], dim=2)
-    pad = ~valid[:, :, None] & (torch.arange(keys.shape[1], device=keys.device) == 0)
-    return ok | pad
+        pad = ~valid[:, :, None] & (torch.arange(keys.shape[1], device=keys.device) == 0)
+        return ok | pad
+    canvas = keys.new_zeros(keys.shape[0], P, keys.shape[1] - P, dtype=torch.bool)
+    return torch.cat([pre["mask"], canvas], dim=2)
