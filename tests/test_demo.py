@@ -66,9 +66,12 @@ def test_demo_end_to_end(tmp_path, capsys):
                  "--steps", "4"]) == 0
     text = capsys.readouterr().out
     assert "held-out question accuracy" in text and "judged drawing accuracy" in text and "seconds per image" in text
+    assert "sample diversity" in text
     for name in ("drawings.png", "unmasking.gif", "unmasking.png", "demo.json"):
-        assert (out / name).exists(), name
-    assert Image.open(out / "unmasking.gif").n_frames >= 2
+        assert (out / "lladao" / name).exists(), name  # each system in its own folder
+    assert sorted(p.name for p in out.iterdir()) == ["lladao"]
+    # one token per iteration: the start frame, every iteration of a three-letter answer and its EOS
+    assert Image.open(out / "lladao" / "unmasking.gif").n_frames >= 5
 
 
 def run_error(argv, capsys, match):
@@ -106,3 +109,14 @@ def test_draw_with_a_model_without_generation_expert(tmp_path, capsys):
     O.save_omni(O.LLaDAO(cfg), tmp_path / "und-only")
     run_error(["draw", "--model", str(tmp_path / "und-only"), "a handwritten digit 1", "--out", str(tmp_path)],
               capsys, "no generation expert")
+
+
+def test_sample_diversity_against_real_digits():
+    from omnidlm.eval.omni_digits import sample_diversity
+
+    real, labels = digit_images("heldout", 32)
+    copies = sample_diversity(np.repeat(real[:1], 4, axis=0), [int(labels[0])] * 4)
+    assert copies["drawn"] == 0.0 and copies["real"] > 0.1  # one image drawn four times: no diversity
+    itself = sample_diversity(real, labels)
+    assert itself["ratio"] == pytest.approx(1.0)
+    assert sample_diversity(real[:10], list(range(10))) is None  # one drawing per digit: undefined

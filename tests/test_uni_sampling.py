@@ -138,7 +138,46 @@ def test_commands_on_a_uni_model(trained, tmp_path, capsys):
     assert main(["demo", "--system", "uni", "--model", str(out), "--out", str(tmp_path / "demo"),
                  "--questions", "3", "--per-digit", "1"]) == 0
     printed = capsys.readouterr().out
-    assert "judged edit accuracy" in printed and (tmp_path / "demo" / "edits.png").exists()
+    assert "judged edit accuracy" in printed and "interleaved pairs" in printed and "thinking" in printed
+    for name in ("edits.png", "free_answers.png", "thinking.png", "demo.json"):
+        assert (tmp_path / "demo" / "uni" / name).exists(), name
     assert main(["bench", "--systems", "uni", "--uni-model", str(out), "--n", "2", "--per-digit", "1"]) == 0
-    assert "| uni |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| uni |" in printed and "interleaved pairs" in printed
     assert main(["bench", "--systems", "lladao,nope"]) == 2
+
+
+def test_free_answer_judging_parses_the_templates(monkeypatch):
+    """interleaved / thinking accuracy: right only when the text names the asked digits in the
+    trained template and the judge sees them in the images (answers and judge faked here)."""
+    from omnidlm.eval import uni_digits as E
+
+    def fake_answers(model, tok, texts, config=None):
+        out = []
+        for t in texts:
+            nums = [int(c) for c in t if c.isdigit()]
+            if len(nums) == 2:  # a pair: both named and drawn right
+                text = f"Here is {nums[0]}: [image] and here is {nums[1]}: [image]"
+                out.append(SimpleNamespace(text=text, images=[np.full((2, 2), nums[0]), np.full((2, 2), nums[1])]))
+            else:  # thinking: right reasoning, except for D = 4
+                e = nums[0] + 1 if nums[0] != 4 else 7
+                out.append(SimpleNamespace(text=f"{nums[0]} plus 1 is {nums[0] + 1}, so I draw a {e}: [image]",
+                                           images=[np.full((2, 2), nums[0] + 1)]))
+        return out
+
+    class Judge:
+        @staticmethod
+        def fit():
+            return Judge
+
+        @staticmethod
+        def predict(images):  # reads the digit painted into each fake image
+            return np.array([int(im[0, 0]) for im in images])
+
+    monkeypatch.setattr(E.U, "respond_many", fake_answers)
+    monkeypatch.setattr(E, "DigitJudge", Judge)
+    pairs = E.interleaved_accuracy(None, None)
+    assert pairs["n"] == 100 and pairs["accuracy"] == 1.0 and pairs["named"] == 1.0
+    thinking = E.thinking_accuracy(None, None)
+    assert thinking["n"] == 9 and thinking["accuracy"] == pytest.approx(8 / 9) and thinking["drawn"] == 1.0
+    assert [r["before"] for r in thinking["rows"] if not r["ok"]] == [4]

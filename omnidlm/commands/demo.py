@@ -5,11 +5,13 @@
     omnidlm demo --train                  # retrain the model first (recipe digits-lladao, <= 15 min)
     omnidlm demo --system uni             # the same digits with LLaDA2.0-Uni (models/uni-digits)
 
-Writes into --out (default demo_out/): `drawings.png` (a grid, one column per digit),
-`unmasking.gif` and `unmasking.png` (one answer being unmasked step by step), `demo.json` (all the
-numbers and answers), and prints a table: held-out question accuracy, drawing accuracy judged by an
-SVC trained on the real digits, answer-length error, seconds per answer and per image.
-With `--system uni` it also edits held-out digits (`edits.png`) and reports the decoder's steps.
+Writes into --out/<system>/ (default demo_out/lladao/): `drawings.png` (a grid, one labelled
+column per digit), `unmasking.gif` and `unmasking.png` (one answer unmasked one token per
+iteration), `demo.json` (all the numbers and answers), and prints a table: held-out question
+accuracy, drawing accuracy judged by an SVC trained on the real digits, sample diversity (drawings
+of one digit against real ones), answer-length error, seconds per answer and per image.
+With `--system uni` (demo_out/uni/) it also edits held-out digits (`edits.png`), answers interleaved
+and thinking prompts (`free_answers.png`) and reports the decoder's steps.
 """
 
 from __future__ import annotations
@@ -28,10 +30,11 @@ def register(sub) -> None:
                    help="lladao: LLaDA-o (models/lladao-digits); uni: LLaDA2.0-Uni (models/uni-digits)")
     p.add_argument("--model", default=None, help="a digits model directory (default: the system's shipped one)")
     p.add_argument("--train", action="store_true",
-                   help="retrain the model (recipe digits-lladao or digits-uni) into --out/model")
-    p.add_argument("--out", default="demo_out", help="output directory")
+                   help="retrain the model (recipe digits-lladao or digits-uni) into --out/<system>/model")
+    p.add_argument("--out", default="demo_out", help="output directory (each system writes into --out/<system>/)")
     p.add_argument("--questions", type=int, default=None,
-                   help="held-out digits asked (default: all 297; else a random subset, fixed seed)")
+                   help="held-out digits asked (default: all 297; else a random subset, fixed seed); "
+                        "uni: also the interleaved pairs asked (default: all 100)")
     p.add_argument("--per-digit", type=int, default=3, help="drawings per digit")
     p.add_argument("--all", action="store_true", help="every held-out digit and 10 drawings per digit")
     p.add_argument("--steps", type=int, default=None,
@@ -42,17 +45,28 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def grid_png(images: np.ndarray, per_digit: int, path: Path, scale: int = 4) -> None:
-    """(10 * per_digit, H, W), digit-major -> one column per digit, one row per sample."""
-    from PIL import Image
+def grid_png(images: np.ndarray, per_digit: int, path: Path, scale: int = 4, columns=None, rows=None) -> None:
+    """(10 * per_digit, H, W), column-major (digit-major) -> one column per digit, one row per sample,
+    with a label above each column (`columns`, default the digits) and, given `rows`, left of each row."""
+    from PIL import Image, ImageDraw
 
     H, W = images.shape[1:]
-    canvas = np.zeros((per_digit * (H + 2), 10 * (W + 2)), dtype=np.float32)
+    n_cols = len(images) // per_digit
+    canvas = np.zeros((per_digit * (H + 2), n_cols * (W + 2)), dtype=np.float32)
     for i, img in enumerate(images):
         d, r = divmod(i, per_digit)
         canvas[r * (H + 2) + 1: r * (H + 2) + 1 + H, d * (W + 2) + 1: d * (W + 2) + 1 + W] = img
-    pil = Image.fromarray((canvas * 255).astype(np.uint8), mode="L")
-    pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST).save(path)
+    cells = Image.fromarray((np.clip(canvas, 0, 1) * 255).astype(np.uint8), mode="L")
+    cells = cells.resize((cells.width * scale, cells.height * scale), Image.NEAREST)
+    top, left = 16, (56 if rows else 0)
+    sheet = Image.new("L", (cells.width + left, cells.height + top), 0)
+    sheet.paste(cells, (left, top))
+    draw, cw, ch = ImageDraw.Draw(sheet), (W + 2) * scale, (H + 2) * scale
+    for c, label in enumerate(columns if columns is not None else [str(d) for d in range(n_cols)]):
+        draw.text((left + c * cw + cw // 2 - 3 * len(label), 2), label, fill=255)
+    for r, label in enumerate(rows or []):
+        draw.text((4, top + r * ch + ch // 2 - 5), label, fill=255)
+    sheet.save(path)
 
 
 def unmasking_frames(image: np.ndarray, question: str, history: list[list[int]], tokenizer, mask_id: int,
@@ -74,7 +88,8 @@ def unmasking_frames(image: np.ndarray, question: str, history: list[list[int]],
         lines = [shown[i: i + width] for i in range(0, len(shown), width)] or [""]
         for k, line in enumerate(lines[:5]):
             draw.text((112, 30 + 14 * k), ("A: " if k == 0 else "   ") + line, fill=255)
-        draw.text((112, 98), f"iteration {step + 1}/{len(history)}" if step >= 0 else "start: all masked", fill=160)
+        note = f"iteration {step + 1}/{len(history)}, most confident first" if step >= 0 else "start: all masked"
+        draw.text((112, 98), note, fill=160)
         frames.append(frame)
     return frames
 
@@ -91,13 +106,13 @@ def write_unmasking(frames, out: Path) -> None:
 
 
 def load_or_train(args, load, train, recipe, parts: str):
-    """--model, or a fresh run of `recipe` (training `parts`) into --out/model -> (loaded, summary, dir)."""
+    """--model, or a fresh run of `recipe` (training `parts`) into --out/<system>/model -> (loaded, summary, dir)."""
     if not args.train:
         if not Path(args.model).exists():
             raise FileNotFoundError(f"no model at {args.model}; run `omnidlm demo --system {args.system} --train` "
                                     "to train one")
         return load(args.model), None, str(args.model)
-    cfg, target = recipe(), Path(args.out) / "model"
+    cfg, target = recipe(), Path(args.out) / args.system / "model"
     print(f"training recipe {cfg.recipe} into {target} ({parts}) ...")
     _, summary = train(cfg, target, progress=True, force=True)
     return load(target), summary, str(target)
@@ -109,11 +124,26 @@ def score_rows(model_dir: str, q: dict, d: dict, image_note: str, extra=(), summ
     rows = [("model", model_dir),
             ("held-out question accuracy", f"{q['accuracy']:.1%}  ({q['n']} digits of 1500-1796)"),
             ("judged drawing accuracy", f"{d['accuracy']:.1%}  ({d['n']} drawings, SVC judge)"),
+            ("sample diversity", diversity_note(d["diversity"])),
             *extra,
             ("answer-length error", f"{q['length_error']:.2f} tokens (mean |predicted - true|)"),
             ("seconds per answer", f"{q['seconds_per_answer']:.3f}"),
             ("seconds per image", f"{d['seconds_per_image']:.3f}  ({image_note})")]
     return rows + ([("training time", f"{summary['seconds']:.0f} s")] if summary else [])
+
+
+def diversity_note(div: dict | None) -> str:
+    if div is None:
+        return "n/a (needs 2 or more drawings per digit)"
+    return (f"{div['drawn']:.3f} drawn vs {div['real']:.3f} real digits ({div['ratio']:.2f}x; mean pairwise "
+            "RMS pixel distance within a digit)")
+
+
+def system_dir(args) -> Path:
+    """Each system writes into its own folder, --out/<system>/, so runs of both never mix files."""
+    out = Path(args.out) / args.system
+    out.mkdir(parents=True, exist_ok=True)
+    return out
 
 
 def table(rows: list[tuple[str, str]]) -> str:
@@ -138,14 +168,13 @@ def run(args) -> int:
 
 def run_lladao(args) -> int:
     from ..data.digits import QUESTION, digit_images
-    from ..eval.omni_digits import drawing_accuracy, question_accuracy
+    from ..eval.omni_digits import drawing_accuracy, question_accuracy, sample_diversity
     from ..sampling.omni import understand
     from ..train.omni import digits_lladao, load_omni, train_omni
 
     (model, tok), summary, model_dir = load_or_train(args, load_omni, train_omni, digits_lladao,
                                                      "VAE, then the omni model")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = system_dir(args)
     limit, per_digit = (None, 10) if args.all else (args.questions, args.per_digit)
     from tqdm.auto import tqdm
 
@@ -153,15 +182,20 @@ def run_lladao(args) -> int:
     q = question_accuracy(model, tok, limit, args.seed, args.threshold, progress=lambda n: bar.update(1))
     bar.close()
     d = drawing_accuracy(model, tok, per_digit, args.seed, args.steps, args.cfg, progress=True)
+    d["diversity"] = sample_diversity(d["images"], d["labels"])
     grid_png(d["images"], per_digit, out / "drawings.png")
     images, labels = digit_images("heldout", 32)
-    example = understand(model, tok, images[0], QUESTION, threshold=args.threshold, record=True)
+    # the animation commits one token per iteration (threshold 1.0 never fires): at 0.95 the model
+    # settles a one-word answer in a single iteration and there would be no steps to show
+    example = understand(model, tok, images[0], QUESTION, threshold=1.0, record=True)
     cfg = model.config.llm
-    write_unmasking(unmasking_frames(images[0], QUESTION, example.history, tok, cfg.mask_id, cfg.eos_id), out)
+    frames = unmasking_frames(images[0], QUESTION, example.history, tok, cfg.mask_id, cfg.eos_id)
+    write_unmasking(frames, out)
     print(table(score_rows(model_dir, q, d, f"{args.steps} Euler steps, cfg {args.cfg}", summary=summary)))
-    print(f"example: image {1500} -> {example.text!r} in {example.iterations} iterations")
+    print(f"example: image {1500} -> {example.text!r}, unmasked one token per iteration ({len(frames)} frames)")
     print(f"wrote {out / 'drawings.png'}, {out / 'unmasking.gif'}, {out / 'unmasking.png'}, {out / 'demo.json'}")
-    record = {"question": {k: v for k, v in q.items()}, "drawing": {k: d[k] for k in ("accuracy", "n", "seconds_per_image")},
+    record = {"system": "lladao", "question": {k: v for k, v in q.items()},
+              "drawing": {k: d[k] for k in ("accuracy", "n", "seconds_per_image", "diversity")},
               "drawing_predicted": d["predicted"].tolist(), "training": summary}
     (out / "demo.json").write_text(json.dumps(record, indent=1, default=str) + "\n")
     return 0

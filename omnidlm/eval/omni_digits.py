@@ -62,4 +62,26 @@ def drawing_accuracy(model, tokenizer, per_digit: int = 3, seed: int = 0, steps:
             "labels": labels, "predicted": predicted, "seconds_per_image": seconds / len(labels)}
 
 
-__all__ = ["question_accuracy", "drawing_accuracy", "heldout_subset", "QUESTION", "WORDS"]
+def _mean_pairwise(images: np.ndarray) -> float:
+    """Mean RMS pixel distance over all pairs of (n, H, W) images (n >= 2)."""
+    flat = images.reshape(len(images), -1).astype(np.float64)
+    d2 = ((flat[:, None] - flat[None]) ** 2).mean(-1)  # (n, n)
+    return float(np.sqrt(d2[np.triu_indices(len(flat), 1)]).mean())
+
+
+def sample_diversity(images: np.ndarray, labels) -> dict | None:
+    """How different the drawings of one digit are: the mean pairwise RMS pixel distance among the
+    drawings of each digit, averaged over digits, beside the same for the real held-out digits at the
+    drawings' size (a model that draws one image per digit scores 0; real handwriting sets the scale).
+    None when no digit has two drawings."""
+    labels = np.asarray(labels)
+    real, real_labels = digit_images("heldout", images.shape[-1])
+    digits = [d for d in range(10) if (labels == d).sum() >= 2]
+    if not digits:
+        return None
+    drawn = float(np.mean([_mean_pairwise(images[labels == d]) for d in digits]))
+    truth = float(np.mean([_mean_pairwise(real[real_labels == d]) for d in digits]))
+    return {"drawn": drawn, "real": truth, "ratio": drawn / truth}
+
+
+__all__ = ["question_accuracy", "drawing_accuracy", "sample_diversity", "heldout_subset", "QUESTION", "WORDS"]

@@ -1,8 +1,11 @@
 """LLaDA-o against LLaDA2.0-Uni on the same held-out digits (`omnidlm bench --systems lladao,uni`).
 
-One row per system: held-out question accuracy, judged drawing accuracy, seconds per answer and per
-image, the image decoder's steps, and SPRINT's speedup and accuracy change on long answers (Uni only:
-SPRINT prunes the block-diffusion engine's prefix cache; LLaDA-o has no such engine path).
+One row per system and capability measured on held-out digits: question accuracy, judged drawing
+accuracy and sample diversity (drawn vs real digits, `omni_digits.sample_diversity`), judged edits,
+interleaved pairs ("Draw the digits A and B.": both named and drawn right) and thinking-then-drawing
+(Uni; "n/a" where a system lacks the capability), seconds per answer and per image, the image
+decoder's steps, and SPRINT's speedup and accuracy change on long answers (Uni only: SPRINT prunes
+the block-diffusion engine's prefix cache; LLaDA-o has no such engine path).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ def lladao_row(path: str, n: int, per_digit: int) -> dict:
     q = E.question_accuracy(model, tok, n)
     d = E.drawing_accuracy(model, tok, per_digit, steps=30)
     return {"system": "lladao", "model": path, "question_accuracy": q["accuracy"], "drawing_accuracy": d["accuracy"],
+            "diversity": E.sample_diversity(d["images"], d["labels"]), "edit_accuracy": None,
+            "interleaved_accuracy": None, "thinking_accuracy": None,
             "seconds_per_answer": q["seconds_per_answer"], "seconds_per_image": d["seconds_per_image"],
             "decoder_steps": "30 (flow ODE, CFG)", "sprint_speedup": None, "sprint_accuracy_change": None}
 
@@ -25,12 +30,19 @@ def lladao_row(path: str, n: int, per_digit: int) -> dict:
 def uni_row(path: str, n: int, per_digit: int) -> dict:
     from ..train.uni import load_uni_model
     from . import uni_digits as E
+    from .omni_digits import sample_diversity
 
     model, tok = load_uni_model(path)
     q = E.question_accuracy(model, tok, n)
     d = E.drawing_accuracy(model, tok, per_digit)
+    e = E.edit_accuracy(model, tok, limit=min(n, 40))
+    pairs, thinking = E.interleaved_accuracy(model, tok, min(n, 100)), E.thinking_accuracy(model, tok)  # D = 0..8
     s = E.sprint_comparison(model, tok, limit=n)
     return {"system": "uni", "model": path, "question_accuracy": q["accuracy"], "drawing_accuracy": d["accuracy"],
+            "diversity": sample_diversity(d["images"], d["labels"]), "edit_accuracy": e["accuracy"],
+            "interleaved_accuracy": pairs["accuracy"], "thinking_accuracy": thinking["accuracy"],
+            "interleaved": {k: v for k, v in pairs.items() if k != "rows"},
+            "thinking": {k: v for k, v in thinking.items() if k != "rows"},
             "seconds_per_answer": q["seconds_per_answer"], "seconds_per_image": d["seconds_per_image"],
             "decoder_steps": "8 (distilled, no CFG)", "sprint_speedup": s["speedup"],
             "sprint_accuracy_change": s["accuracy_with"] - s["accuracy_without"], "sprint": s}
@@ -45,14 +57,21 @@ def compare_systems(names: list[str], models: dict, n: int = 100, per_digit: int
     return rows
 
 
+def _pct(value) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
+
+
 def format_systems(rows: list[dict]) -> str:
-    head = ("system", "question acc", "drawing acc", "s/answer", "s/image", "decoder steps", "SPRINT speedup",
-            "SPRINT acc change")
+    head = ("system", "question acc", "drawing acc", "diversity (drawn / real)", "edit acc", "interleaved pairs",
+            "thinking", "s/answer", "s/image", "decoder steps", "SPRINT speedup", "SPRINT acc change")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         sprint = (f"{r['sprint_speedup']:.2f}x", f"{100 * r['sprint_accuracy_change']:+.1f} pt") \
             if r["sprint_speedup"] is not None else ("n/a", "n/a")
-        lines.append(f"| {r['system']} | {r['question_accuracy']:.1%} | {r['drawing_accuracy']:.1%} | "
-                     f"{r['seconds_per_answer']:.3f} | {r['seconds_per_image']:.3f} | {r['decoder_steps']} | "
-                     f"{sprint[0]} | {sprint[1]} |")
+        div = r["diversity"]
+        cells = (r["system"], _pct(r["question_accuracy"]), _pct(r["drawing_accuracy"]),
+                 f"{div['drawn']:.3f} / {div['real']:.3f}" if div else "n/a", _pct(r["edit_accuracy"]), _pct(r["interleaved_accuracy"]),
+                 _pct(r["thinking_accuracy"]), f"{r['seconds_per_answer']:.3f}", f"{r['seconds_per_image']:.3f}",
+                 r["decoder_steps"], *sprint)
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -86,19 +86,36 @@ def understand(model, tokenizer, image: np.ndarray | None, question: str,
     return understand_many(model, tokenizer, [image], [question], config)[0]
 
 
-def respond(model, tokenizer, text: str, image: np.ndarray | None = None, max_new_tokens: int = 128,
-            config: SamplingConfig | None = None, distilled: bool = True) -> UniAnswer:
-    """A free answer (interleaved text and images, or thinking before an image); images decoded."""
+def respond_many(model, tokenizer, texts: list[str], images: list[np.ndarray | None] | None = None,
+                 max_new_tokens: int = 128, config: SamplingConfig | None = None,
+                 distilled: bool = True) -> list[UniAnswer]:
+    """Free answers (interleaved text and images, or thinking before an image), batched through the
+    engine; each answer's text shows its images as "[image]" and its `images` are decoded (an image
+    span that does not parse shows as "[unreadable image]")."""
     cfg = config or sampling_config(max_new_tokens)
     free = dataclasses.replace(cfg, ban_ids=(model.config.llm.mask_id,))  # text and image ids alike
-    ans = understand_many(model, tokenizer, [image], [text], free)[0]
-    vocab, ids, pieces, codes, last = model.config.vocab, ans.ids, [], [], 0
-    for a, b in vocab.image_spans(ids):
-        pieces += [tokenizer.decode(ids[last:a]), "[image]"]
-        codes.append(vocab.parse_image(ids[a:b]))
-        last = b
-    pieces.append(tokenizer.decode(ids[last:]))
+    answers = understand_many(model, tokenizer, images or [None] * len(texts), texts, free)
+    vocab, parsed = model.config.vocab, []
+    for ans in answers:
+        ids, pieces, codes, last = ans.ids, [], [], 0
+        for a, b in vocab.image_spans(ids):
+            try:
+                codes.append(vocab.parse_image(ids[a:b]))
+                pieces += [tokenizer.decode(ids[last:a]), "[image]"]
+            except ValueError:
+                pieces += [tokenizer.decode(ids[last:a]), "[unreadable image]"]
+            last = b
+        pieces.append(tokenizer.decode(ids[last:]))
+        parsed.append(("".join(pieces), codes))
     from .image import decode_codes  # image.py builds on this module
 
-    images = list(decode_codes(model, torch.stack(codes), distilled)) if codes and model.decoder is not None else []
-    return UniAnswer("".join(pieces), ids, ans.forwards, ans.seconds, images)
+    every = [c for _, codes in parsed for c in codes]
+    decoded = iter(decode_codes(model, torch.stack(every), distilled)) if every and model.decoder is not None else None
+    return [UniAnswer(text, ans.ids, ans.forwards, ans.seconds, [next(decoded) for _ in codes] if decoded else [])
+            for (text, codes), ans in zip(parsed, answers)]
+
+
+def respond(model, tokenizer, text: str, image: np.ndarray | None = None, max_new_tokens: int = 128,
+            config: SamplingConfig | None = None, distilled: bool = True) -> UniAnswer:
+    """One free answer (`respond_many`): `.text` with "[image]" where each image goes, `.images` decoded."""
+    return respond_many(model, tokenizer, [text], [image], max_new_tokens, config, distilled)[0]
