@@ -1,75 +1,166 @@
-"""`omnidlm ask`: answer a question about an image with a LLaDA-o or LLaDA2.0-Uni model.
+"""`omnidlm ask`: answer a question about an image with a LLaDA-V, LLaDA-o or LLaDA2.0-Uni model
+(Uni answers may also draw: interleaved text and images, or thinking before drawing).
 
+    omnidlm ask --model LLaDA-V/ --image photo.jpg "Please describe the image in detail."
+    omnidlm ask --model LLaDA-V/ --image photo.jpg --prompt-ids "256,260,...,-200,...,10" --json
     omnidlm ask --model models/lladao-digits --image digit.png "What digit is shown?"
-    omnidlm ask --model models/uni-digits --image digit.png "What digit is shown?"
-    omnidlm ask --model models/uni-digits "Draw the digits 3 and 5." --out answer/   # Uni: images in answers
+    omnidlm ask --model models/uni-digits "Draw the digits 3 and 5." --out answer/ --json
 
-The image is read with a pixel limit (decompression bombs), converted to grayscale and resized to
-the model's image size; a non-image or truncated file, an empty question or a model without a
-vision encoder is a clear error and a non-zero exit.
+The sampling knobs mean what the published samplers' arguments mean: `--gen-length` tokens are
+generated in blocks of `--block-length`, `--steps` is the number of denoising steps over the whole
+answer (steps per block = steps x block_length / gen_length), `--policy` commits the scheduled count
+per step (fixed) or everything above `--threshold` (threshold), `--cache` is the engine's cache mode.
+A question is wrapped in the model's conversation template; `--prompt-ids` gives the ids instead
+(LLaDA-V: the whole prompt, -200 where the image goes; LLaDA-o: the question's ids before the
+model's own wrapping). `--json` prints one object: `output_ids` and `text`, plus `images` (paths)
+for an answer that draws. A model that sees needs `--image` (Uni may answer without one); a
+non-image or truncated file, an empty question or a model without a vision encoder is a clear error.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 DEFAULT_MODEL = "models/lladao-digits"
 MAX_PIXELS = 4096 * 4096
+SYSTEMS = "LLaDA-V, LLaDA-o or LLaDA2.0-Uni"
 
 
-def read_image(path: str, max_pixels: int = MAX_PIXELS):
-    """An image file -> (H, W) grayscale float32 in [0, 1]; ValueError naming the problem."""
-    from ..serve.images import ImageError, open_image
+def read_image(path: str, max_pixels: int = MAX_PIXELS, mode: str | None = "L"):
+    """An image file -> (H, W) grayscale float32 in [0, 1] (mode "L"), or the PIL image in RGB
+    (mode "RGB"); ValueError naming the problem."""
+    import numpy as np
+
+    from ..serve.images import ImageError, open_pil
 
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"--image: no such file {path}")
     try:
-        return open_image(file.read_bytes(), max_pixels)
+        image = open_pil(file.read_bytes(), max_pixels)
     except ImageError as error:
         raise ValueError(f"--image {path}: {error}") from None
+    if mode == "L":
+        return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+    return image.convert(mode)
+
+
+def parse_ids(text: str) -> list[int]:
+    """--prompt-ids "1,2,-200,3" (commas and / or spaces, optional brackets) -> [1, 2, -200, 3]."""
+    parts = [p for p in re.split(r"[\s,]+", text.strip().strip("[]")) if p]
+    try:
+        ids = [int(p) for p in parts]
+    except ValueError:
+        raise ValueError(f"--prompt-ids must be integers separated by commas or spaces, got {text!r}") from None
+    if not ids:
+        raise ValueError("--prompt-ids is empty")
+    return ids
 
 
 def register(sub) -> None:
-    p = sub.add_parser("ask", help="answer a question about an image (LLaDA-o)")
-    p.add_argument("question", help="the question, e.g. 'What digit is shown?'")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="a LLaDA-o model directory")
-    p.add_argument("--image", default=None, help="a PNG / JPEG image (white digit on black for the digits model)")
-    p.add_argument("--threshold", type=float, default=0.95, help="commit tokens at least this confident")
-    p.add_argument("--block-length", type=int, default=32)
+    p = sub.add_parser("ask", help=f"answer a question about an image ({SYSTEMS}; Uni answers may draw)")
+    p.add_argument("question", nargs="?", default=None, help="the question, e.g. 'What digit is shown?'")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"a {SYSTEMS} model directory")
+    p.add_argument("--image", default=None, help="a PNG / JPEG image (white digit on black for the digits models)")
+    p.add_argument("--prompt-ids", default=None, help="the prompt as token ids instead of a question "
+                   "(LLaDA-V: -200 where the image goes; LLaDA-o: the question's ids before the model's wrapping)")
+    p.add_argument("--gen-length", type=int, default=None, help="tokens to generate (default: the system's)")
+    p.add_argument("--block-length", type=int, default=None, help="tokens per block (default: the system's)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="denoising steps over the whole answer; steps per block = steps x block_length / gen_length")
+    p.add_argument("--policy", choices=("fixed", "threshold", "factor"), default=None,
+                   help="fixed: the scheduled count per step; threshold: everything above --threshold")
+    p.add_argument("--threshold", type=float, default=None, help="commit tokens at least this confident")
+    p.add_argument("--cache", choices=("none", "exact", "approx"), default=None, help="the engine's cache mode")
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    p.add_argument("--json", action="store_true", help="print one JSON object (output_ids, text, images)")
     p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="refuse larger images")
     p.add_argument("--out", default=None, help="Uni: directory for the images of an answer that draws")
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
-    if not args.question.strip():
-        raise ValueError("the question is empty")
-    image = read_image(args.image, args.max_pixels) if args.image else None
+def system_of(path: str) -> str:
+    """Which system a model directory holds: "llada-v", "uni" or "lladao"; else an error naming the files."""
     from ..train.uni import is_uni_dir
 
-    if is_uni_dir(args.model):
-        return run_uni(args, image)
-    from ..sampling.omni import understand
-    from ..train.omni import load_omni
+    directory = Path(path)
+    config = directory / "config.json"
+    if config.is_file() and "mm_projector_type" in json.loads(config.read_text()):
+        return "llada-v"
+    if is_uni_dir(path):
+        return "uni"
+    if (directory / "llm_config.json").is_file():
+        return "lladao"
+    raise ValueError(f"--model {path}: not a {SYSTEMS} model (looked for config.json with mm_* fields, "
+                     "a Uni config.json, or llm_config.json)")
 
-    model, tok = load_omni(args.model)
-    answer = understand(model, tok, image, args.question, block_length=args.block_length, threshold=args.threshold)
-    print(answer.text)
+
+def run(args) -> int:
+    if args.prompt_ids is None and (args.question is None or not args.question.strip()):
+        raise ValueError("the question is empty: give a question or --prompt-ids")
+    system = system_of(args.model)
+    if args.image is None and system != "uni":
+        raise ValueError(f"this {system} model answers questions about an image: give --image FILE")
+    answer = ANSWERS[system](args)
+    if args.json:
+        print(json.dumps(answer))
+    else:
+        print(answer["text"])
+        for path in answer.get("images", []):
+            print(path)
     return 0
 
 
-def run_uni(args, image) -> int:
-    """A Uni answer may hold images (interleaved or thinking answers): they are written to --out."""
+def answer_llada_v(args) -> dict:
+    """LLaDA-V: the published prompt (or --prompt-ids) and sampler on the engine."""
+    from ..formats.llada_v import load_llada_v
+    from ..sampling import llada_v as V
+    from ..sequence.tokenizer import Tokenizer
+
+    image = read_image(args.image, args.max_pixels, mode="RGB")
+    model, tok = load_llada_v(args.model), Tokenizer.from_file(args.model)
+    ids = parse_ids(args.prompt_ids) if args.prompt_ids is not None else V.prompt_ids(tok, args.question)
+    gen = args.gen_length or V.GEN_LENGTH
+    cfg = V.sampling_config(tok, gen, args.block_length or gen, args.steps or gen, args.policy or "fixed",
+                            args.threshold if args.threshold is not None else 0.9, args.cache or "none",
+                            args.temperature)
+    out = V.answer(model, tok, ids, [image], cfg)
+    return {"output_ids": out, "text": V.answer_text(tok, out)}
+
+
+def answer_lladao(args) -> dict:
+    """LLaDA-o: its understanding sampler (threshold decoding against the prefilled prefix)."""
+    from ..sampling.omni import understand
+    from ..train.omni import load_omni
+
+    image = read_image(args.image, args.max_pixels)
+    model, tok = load_omni(args.model)
+    block = args.block_length or 32
+    gen = args.gen_length or 4 * block
+    per_block = args.steps * block // gen if args.steps else None
+    ans = understand(model, tok, image, args.question, block_length=block, max_blocks=gen // block, steps=per_block,
+                     threshold=args.threshold if args.threshold is not None else 0.95)
+    return {"output_ids": ans.ids, "text": ans.text}
+
+
+def answer_uni(args) -> dict:
+    """Uni: an answer may hold images (interleaved or thinking answers): they are written to --out."""
     from ..sampling.uni import respond, sampling_config
     from ..train.uni import load_uni_model
     from .draw import save_png
 
+    image = read_image(args.image, args.max_pixels) if args.image else None
     model, tok = load_uni_model(args.model)
-    answer = respond(model, tok, args.question, image, config=sampling_config(threshold=args.threshold))
-    print(answer.text)
+    threshold = args.threshold if args.threshold is not None else 0.95
+    answer = respond(model, tok, args.question, image, config=sampling_config(threshold=threshold))
+    paths = []
     for i, img in enumerate(answer.images):
         path = Path(args.out or ".") / f"answer_{i}.png"
         save_png(img, path, scale=4)
-        print(path)
-    return 0
+        paths.append(str(path))
+    return {"text": answer.text, "images": paths}
+
+
+ANSWERS = {"llada-v": answer_llada_v, "lladao": answer_lladao, "uni": answer_uni}

@@ -17,18 +17,26 @@ at masked positions (`banned_ids`, found in the checkpoint's tokenizer by name: 
 hard-codes LLaDA-8B's ids 126081, 126080, 126346, 126347).
 
     ids = prompt_ids(tokenizer, "Please describe the image in detail.", n_images=1)
+    cfg = sampling_config(tokenizer, gen_length=128, block_length=32, steps=128)   # 32 steps per block
+    out = answer(model, tokenizer, ids, [pil_image], cfg)                           # the generated ids
 """
 
 from __future__ import annotations
 
-from ..models.anyres import IMAGE_TOKEN_INDEX
+import torch
+
+from ..models.anyres import IMAGE_TOKEN_INDEX, embed_prompt
 from ..sequence.chat import render_chat
+from .engine import BatchEngine, Request, SamplingConfig
+from .policies import make_policy
+from .prefix import Prefix
 
 IMAGE_TOKEN = "<image>"
 SYSTEM = ("You are a helpful language and vision assistant. You are able to understand the visual content "
           "that the user provides, and assist the user with a variety of tasks using natural language.")
 BANNED_TOKENS = ("<|endoftext|>", "<|startoftext|>", "<|start_header_id|>", "<|end_header_id|>")
 STOP_TOKEN = "<|eot_id|>"  # the published evaluation's stopping criterion
+GEN_LENGTH = 128  # the default answer length (block length and steps default to it: one token per step)
 
 
 def render_prompt(question: str, n_images: int = 1) -> str:
@@ -65,3 +73,50 @@ def banned_ids(tokenizer) -> tuple[int, ...]:
     if missing:
         raise ValueError(f"the tokenizer has no {', '.join(missing)}: LLaDA-V's sampler bans these tokens")
     return tuple(found)
+
+
+# --- answers on the engine ----------------------------------------------------------------------------
+
+
+def steps_per_block(steps: int, gen_length: int, block_length: int) -> int:
+    """The published samplers' `steps` (over the whole answer) -> steps per block; ValueError naming
+    the flag that does not divide."""
+    if min(steps, gen_length, block_length) <= 0:
+        raise ValueError(f"steps ({steps}), gen_length ({gen_length}) and block_length ({block_length}) must be positive")
+    if gen_length % block_length:
+        raise ValueError(f"gen_length ({gen_length}) must be a multiple of block_length ({block_length})")
+    blocks = gen_length // block_length
+    if steps % blocks:
+        raise ValueError(f"steps ({steps}) must be a multiple of the number of blocks "
+                         f"(gen_length / block_length = {blocks})")
+    return steps // blocks
+
+
+def request(model, ids: list[int], images: list, gen_length: int) -> Request:
+    """The engine request of one answer: the whole prompt (text and image features) as a prefix of
+    embeddings at positions 0.. (LLaDA-V's sequence is plain: one position per embedding)."""
+    embeds, _ = embed_prompt(model, ids, images)  # (P, D)
+    prefix = Prefix(embeds, position_ids=torch.arange(embeds.shape[0]))
+    return Request(prompt_ids=[], max_new_tokens=gen_length, prefix=prefix)
+
+
+def sampling_config(tokenizer, gen_length: int, block_length: int, steps: int, policy: str = "fixed",
+                    threshold: float = 0.9, cache: str = "none", temperature: float = 0.0) -> SamplingConfig:
+    """The published sampler's settings on the engine: full attention, no EOS stop, banned ids."""
+    per_block = steps_per_block(steps, gen_length, block_length)
+    return SamplingConfig(max_new_tokens=gen_length, block_length=block_length, attention="full", cache=cache,
+                          policy=make_policy(policy, per_block, threshold), temperature=temperature,
+                          stop_at_eos=False, ban_ids=banned_ids(tokenizer))
+
+
+@torch.no_grad()
+def answer(model, tokenizer, ids: list[int], images: list, config: SamplingConfig) -> list[int]:
+    """The generated ids (config.max_new_tokens of them, as the published `generate` returns)."""
+    result = BatchEngine(model.language_model, config, max_batch=1).run([request(model, ids, images, config.max_new_tokens)])
+    return result[0].tokens
+
+
+def answer_text(tokenizer, ids: list[int]) -> str:
+    """The answer's text, up to the published evaluation's stop word `<|eot_id|>`."""
+    stop = tokenizer.token_id(STOP_TOKEN)
+    return tokenizer.decode(ids[: ids.index(stop)] if stop in ids else ids)

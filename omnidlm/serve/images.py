@@ -34,6 +34,11 @@ def decode_image(url: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
 
 def open_image(raw: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Image bytes -> (H, W) grayscale float32 in [0, 1], checking the size before decoding pixels."""
+    return np.asarray(open_pil(raw, max_pixels).convert("L"), dtype=np.float32) / 255.0
+
+
+def open_pil(raw: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Image bytes -> the decoded PIL image, checking the size before decoding pixels."""
     try:
         image = Image.open(io.BytesIO(raw))
         width, height = image.size
@@ -44,7 +49,7 @@ def open_image(raw: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
         raise
     except (OSError, Image.DecompressionBombError, SyntaxError) as error:
         raise ImageError(f"not a readable PNG/JPEG image ({error})") from None
-    return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+    return image
 
 
 def encode_png(image: np.ndarray) -> str:
