@@ -158,6 +158,10 @@ class MoTBackbone(nn.Module):
     def device(self) -> torch.device:
         return self.embed.weight.device
 
+    @property
+    def dtype(self) -> torch.dtype:  # what the engine embeds a multimodal prefix in
+        return self.embed.weight.dtype
+
 
 def _is_gen(name: str) -> bool:
     return ".gen." in name or name.startswith("norm_gen.")
