@@ -84,7 +84,7 @@ def test_bad_images(tmp_path, capsys):
     not_image = tmp_path / "notes.png"
     not_image.write_text("hello, not an image")
     run_error(["ask", "--model", str(MODEL), "--image", str(not_image), "What digit is shown?"], capsys,
-              "not a readable")
+              "not a PNG, JPEG, WebP or GIF image")
     full = digit_png(tmp_path).read_bytes()
     truncated = tmp_path / "truncated.png"
     truncated.write_bytes(full[: len(full) // 2])

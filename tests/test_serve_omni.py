@@ -69,16 +69,16 @@ def decode_one_size(model) -> int:
 
 def test_bad_images_and_sizes_are_clear_400s(served):
     _, client, _ = served
-    with pytest.raises(openai.BadRequestError, match="not a readable"):
-        client.chat.completions.create(model="m", messages=[{"role": "user", "content": [
+    with pytest.raises(openai.BadRequestError, match="not a PNG, JPEG, WebP or GIF image"):
+        client.chat.completions.create(model="lladao-digits", messages=[{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(b"nope").decode()}}]}])
     bomb = Image.new("L", (1024, 1024))
     buffer = io.BytesIO()
     bomb.save(buffer, format="PNG")
     with pytest.raises(openai.BadRequestError, match="above the limit"):
-        client.chat.completions.create(model="m", messages=[{"role": "user", "content": [
+        client.chat.completions.create(model="lladao-digits", messages=[{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()}}]}])
     with pytest.raises(openai.BadRequestError, match="size"):
-        client.images.generate(model="m", prompt="a handwritten digit 1", size="1024x1024")
+        client.images.generate(model="lladao-digits", prompt="a handwritten digit 1", size="1024x1024")
     with pytest.raises(openai.UnprocessableEntityError, match="prompt"):
-        client.images.generate(model="m", prompt="")
+        client.images.generate(model="lladao-digits", prompt="")

@@ -20,7 +20,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
 
-from .http import APIError, Limits, error_body, install_error_handlers
+from .http import APIError, Limits, check_model, error_body, install_error_handlers, refuse_unsupported
 from .metrics import Metrics
 from .scheduler import QueueFull, Scheduler, Settings, WorkFailed
 from .schemas import ChatRequest, CompletionRequest, ImageRequest, stop_strings
@@ -90,7 +90,7 @@ class Server:
         self.metrics.tokens_generated = self.scheduler.tokens_generated
         self.metrics.requests_cancelled = self.scheduler.cancelled
 
-    def chat_prompt(self, body: ChatRequest) -> list[int]:
+    def chat_messages(self, body: ChatRequest) -> list[dict]:
         messages = []
         for i, message in enumerate(body.messages):
             if isinstance(message.content, str):
@@ -101,7 +101,19 @@ class Server:
                                f"messages.{i}.content")
             text = "".join(part.text or "" for part in message.content)
             messages.append({"role": message.role, "content": text})
-        return self.tokenizer.encode_chat(messages)
+        return messages
+
+    async def tokenize(self, encode, text_chars: int, field: str) -> list[int]:
+        """Prompt ids, off the event loop; a text that cannot fit is refused before tokenising
+        (a token covers at most `longest_token` characters). The mask id is never a prompt id."""
+        bound = 2 * self.model.config.max_seq_len * longest_token(self.tokenizer)
+        if text_chars > bound:
+            raise APIError(400, f"the prompt ({text_chars} characters) cannot fit in the model's maximum length "
+                                f"({self.model.config.max_seq_len} tokens)", field)
+        ids = await asyncio.to_thread(encode)
+        if self.model.config.mask_id in ids:
+            raise APIError(400, "the prompt holds the mask token: it is not text a prompt may contain", field)
+        return ids
 
     def submit(self, ids, settings, n: int = 1):
         """n tickets for one request, all or none (429 when the queue cannot take them all)."""
@@ -140,28 +152,51 @@ class Server:
             self.scheduler.cancel(ticket)  # stopped, timed out or abandoned: free the row
         raise APIError(500, "the engine ended the request without a result")
 
-    async def stream(self, ticket, stops, make_chunk):
-        """Server-sent events: one chunk per committed block, then [DONE]; a failure or a timeout
-        after the headers went out is an error event in OpenAI's shape."""
-        sent = ""
+    async def stream(self, tickets, stops, make_chunk):
+        """Server-sent events: one chunk per committed block of each choice, then [DONE]; a failure
+        or a timeout after the headers went out is an error event in OpenAI's shape."""
+        events: asyncio.Queue = asyncio.Queue()
+        feeds = [asyncio.create_task(self._feed(i, t, stops, make_chunk, events)) for i, t in enumerate(tickets)]
         try:
             async with asyncio.timeout(self.limits.timeout_s):
-                async for tokens, result in ticket.events():
-                    text, stopped = self.text(tokens, stops)
-                    if len(text) > len(sent):
-                        yield f"data: {json.dumps(make_chunk(text[len(sent):], None))}\n\n"
-                        sent = text
-                    if stopped or result is not None:
-                        reason = "stop" if stopped or result.finish_reason == "eos" else "length"
-                        yield f"data: {json.dumps(make_chunk('', reason))}\n\n"
-                        break
+                for _ in tickets:  # until every choice has ended
+                    while (event := await events.get()) is not None:
+                        yield event
         except TimeoutError:
             yield f"data: {json.dumps(error_body(504, f'request timed out after {self.limits.timeout_s} s'))}\n\n"
+        finally:
+            for feed in feeds:
+                feed.cancel()
+            for ticket in tickets:
+                self.scheduler.cancel(ticket)
+        yield "data: [DONE]\n\n"
+
+    async def _feed(self, index, ticket, stops, make_chunk, events: asyncio.Queue) -> None:
+        """One choice's chunks into `events`, then None."""
+        sent = ""
+        try:
+            async for tokens, result in ticket.events():
+                text, stopped = self.text(tokens, stops)
+                if len(text) > len(sent):
+                    events.put_nowait(f"data: {json.dumps(make_chunk(index, text[len(sent):], None))}\n\n")
+                    sent = text
+                if stopped or result is not None:
+                    reason = "stop" if stopped or result.finish_reason == "eos" else "length"
+                    events.put_nowait(f"data: {json.dumps(make_chunk(index, '', reason))}\n\n")
+                    break
         except WorkFailed as failure:
-            yield f"data: {json.dumps(error_body(failure.status, failure.message))}\n\n"
+            events.put_nowait(f"data: {json.dumps(error_body(failure.status, failure.message))}\n\n")
         finally:
             self.scheduler.cancel(ticket)
-        yield "data: [DONE]\n\n"
+            events.put_nowait(None)
+
+
+def longest_token(tokenizer) -> int:
+    """The most characters one token of the vocabulary stands for (cached on the tokenizer)."""
+    if not hasattr(tokenizer, "_longest_token"):
+        vocab = tokenizer.hf.get_vocab(with_added_tokens=True) if hasattr(tokenizer, "hf") else {"x" * 64: 0}
+        tokenizer._longest_token = max(len(t) for t in vocab)
+    return tokenizer._longest_token
 
 
 def install_common_routes(app: FastAPI, name: str, metrics: Metrics, refresh=lambda: None,
@@ -192,13 +227,19 @@ def install_common_routes(app: FastAPI, name: str, metrics: Metrics, refresh=lam
 def install_text_routes(app: FastAPI, server: Server) -> None:
     @app.post("/v1/chat/completions")
     async def chat(body: ChatRequest, request: Request):
-        ids = server.chat_prompt(body)
+        check_model(body.model, server.name)
+        refuse_unsupported(body, ("cfg_scale",), "/v1/chat/completions")
+        messages = server.chat_messages(body)
+        chars = sum(len(m["content"]) for m in messages)
+        ids = await server.tokenize(lambda: server.tokenizer.encode_chat(messages), chars, "messages")
         settings = server.settings(body, len(ids), "messages")
         return await respond(server, "chat.completion", ids, settings, body, request)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
-        ids = server.tokenizer.encode(body.prompt)
+        check_model(body.model, server.name)
+        refuse_unsupported(body, ("cfg_scale",), "/v1/completions")
+        ids = await server.tokenize(lambda: server.tokenizer.encode(body.prompt), len(body.prompt), "prompt")
         settings = server.settings(body, len(ids), "prompt")
         return await respond(server, "text_completion", ids, settings, body, request)
 
@@ -224,14 +265,14 @@ async def respond(server: Server, kind: str, ids, settings, body, request: Reque
     stops = stop_strings(body.stop)
     rid, created = f"omnidlm-{uuid.uuid4().hex[:12]}", int(time.time())
     chat = kind == "chat.completion"
-    tickets = server.submit(ids, settings, 1 if body.stream else body.n)  # a full queue is a 429 here
+    tickets = server.submit(ids, settings, body.n)  # a full queue is a 429 here, streamed or not
     if body.stream:
-        def chunk(text, reason):
+        def chunk(index, text, reason):
             delta = {"role": "assistant", "content": text} if chat else None
-            choice = {"index": 0, "finish_reason": reason, **({"delta": delta} if chat else {"text": text})}
+            choice = {"index": index, "finish_reason": reason, **({"delta": delta} if chat else {"text": text})}
             return {"id": rid, "object": f"{kind}.chunk" if chat else kind, "created": created,
                     "model": server.name, "choices": [choice]}
-        return StreamingResponse(server.stream(tickets[0], stops, chunk), media_type="text/event-stream")
+        return StreamingResponse(server.stream(tickets, stops, chunk), media_type="text/event-stream")
     work = asyncio.ensure_future(asyncio.gather(*[server.complete(t, stops) for t in tickets]))
     watcher = asyncio.create_task(cancel_on_disconnect(request, work))
     try:

@@ -17,8 +17,8 @@ import uuid
 from fastapi import FastAPI, File, Form, UploadFile
 from fastapi.responses import StreamingResponse
 
-from .app import install_common_routes
-from .http import APIError, Limits, install_error_handlers
+from .app import install_common_routes, longest_token
+from .http import APIError, Limits, check_model, install_error_handlers, refuse_unsupported
 from .images import ImageError, decode_image, encode_png, open_image
 from .jobs import JobRunner
 from .metrics import Metrics
@@ -57,6 +57,9 @@ class OmniServer:
             raise APIError(400, f"n ({n}) exceeds the server's limit of {limits.max_n}", "n")
         if steps is not None and steps > limits.max_image_steps:
             raise APIError(400, f"steps ({steps}) exceeds the server's limit of {limits.max_image_steps}", "steps")
+        if len(prompt) > limits.max_image_prompt_tokens * longest_token(self.tokenizer):
+            raise APIError(400, f"prompt ({len(prompt)} characters) exceeds the limit of "
+                                f"{limits.max_image_prompt_tokens} tokens", "prompt")
         length = len(self.tokenizer.encode(prompt))
         if length > limits.max_image_prompt_tokens:
             raise APIError(400, f"prompt ({length} tokens) exceeds the limit of {limits.max_image_prompt_tokens} "
@@ -123,6 +126,17 @@ def one_event_stream(body: dict):
     yield "data: [DONE]\n\n"
 
 
+UNSUPPORTED = ("max_tokens", "temperature", "top_p", "seed", "stop", "steps", "cfg_scale")
+
+
+def check_text_request(server: OmniServer, body, route: str) -> None:
+    """The model served, and only the settings the understanding sampler has."""
+    check_model(body.model, server.name)
+    refuse_unsupported(body, UNSUPPORTED, route)
+    if body.n != 1:
+        raise APIError(400, f"n is not supported by {route} on this model (one answer per request)", "n")
+
+
 def create_omni_app(model, tokenizer, name: str = "lladao", max_queue: int = 16, limits: Limits | None = None) -> FastAPI:
     limits = limits or Limits()
     app, metrics = FastAPI(title="omnidlm", version="0.1.0"), Metrics()
@@ -133,6 +147,7 @@ def create_omni_app(model, tokenizer, name: str = "lladao", max_queue: int = 16,
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatRequest):
+        check_text_request(server, body, "/v1/chat/completions")
         text, image = server.question(body)
         server.check(1, None, text, body.block_length)
         answer = await server.answer(text, image, body.threshold, body.block_length)
@@ -142,17 +157,22 @@ def create_omni_app(model, tokenizer, name: str = "lladao", max_queue: int = 16,
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest):
+        check_text_request(server, body, "/v1/completions")
         server.check(1, None, body.prompt, body.block_length)
         answer = await server.answer(body.prompt, None, body.threshold, body.block_length)
         return completion_body(server, "text_completion", answer, len(tokenizer.encode(body.prompt)))
 
     @app.post("/v1/images/generations")
     async def generations(body: ImageRequest):
+        check_model(body.model, server.name)
         return await server.draw(body.prompt, body.n, body.seed, body.size, body.steps, body.cfg_scale)
 
     @app.post("/v1/images/edits")
     async def edits(image: UploadFile = File(...), prompt: str = Form(...), n: int = Form(1),
-                    size: str | None = Form(None), seed: int | None = Form(None)):
+                    size: str | None = Form(None), seed: int | None = Form(None), model: str | None = Form(None)):
+        check_model(model, server.name)
+        if seed is not None and not 0 <= seed < 2**64:
+            raise APIError(422, "seed: must be between 0 and 2**64 - 1", "seed")
         try:
             source = open_image(await image.read(), limits.max_image_pixels)
         except ImageError as error:

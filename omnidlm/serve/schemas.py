@@ -9,28 +9,40 @@ flags (`n`, `block_length`, `steps`, prompt lengths) are checked by the app.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import AfterValidator, BaseModel, Field, field_validator
 
 MIN_TEMPERATURE = 1e-3
 SEED = {"ge": 0, "lt": 2**64}  # torch.Generator.manual_seed takes 64 bits
 FINITE = {"allow_inf_nan": False}
 
 
+def valid_text(value: str) -> str:
+    """Text that is valid Unicode: a lone surrogate (JSON "\\ud800") cannot be encoded."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(f"holds invalid Unicode (a lone surrogate at character {error.start})") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(valid_text)]
+
+
 class ImageURL(BaseModel):
-    url: str
+    url: Text
 
 
 class ContentPart(BaseModel):
     type: Literal["text", "image_url"]
-    text: str | None = None
+    text: Text | None = None
     image_url: ImageURL | None = None
 
 
 class Message(BaseModel):
     role: Literal["system", "user", "assistant"]
-    content: str | list[ContentPart]
+    content: Text | list[ContentPart]
 
 
 class DiffusionSettings(BaseModel):
@@ -38,7 +50,7 @@ class DiffusionSettings(BaseModel):
     temperature: float = Field(default=0.0, ge=0.0, le=2.0, **FINITE)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0, **FINITE)
     seed: int | None = Field(default=None, **SEED)
-    stop: str | list[str] | None = None
+    stop: Text | list[Text] | None = None
     n: int = Field(default=1, ge=1)
     stream: bool = False
     steps: int | None = Field(default=None, ge=1)
@@ -55,18 +67,18 @@ class DiffusionSettings(BaseModel):
 
 
 class ChatRequest(DiffusionSettings):
-    model: str | None = None
+    model: Text | None = None
     messages: list[Message] = Field(min_length=1)
 
 
 class CompletionRequest(DiffusionSettings):
-    model: str | None = None
-    prompt: str = Field(min_length=1)
+    model: Text | None = None
+    prompt: Text = Field(min_length=1)
 
 
 class ImageRequest(BaseModel):
-    model: str | None = None
-    prompt: str = Field(min_length=1)
+    model: Text | None = None
+    prompt: Text = Field(min_length=1)
     n: int = Field(default=1, ge=1)
     size: str | None = None  # None: the size the model draws
     seed: int | None = Field(default=None, **SEED)
