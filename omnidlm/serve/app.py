@@ -12,6 +12,7 @@ before it reaches the worker, and what fails inside the worker fails only that r
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 import uuid
@@ -68,7 +69,7 @@ class Server:
         self.check_block(body)
         return Settings(max_new_tokens=max_tokens, temperature=body.temperature,
                         top_p=body.top_p if body.top_p < 1.0 else None, threshold=body.threshold or 0.9,
-                        steps=body.steps, block_length=body.block_length)
+                        steps=body.steps, block_length=body.block_length, seed=body.seed)
 
     def check_block(self, body) -> int:
         """block_length within the model's length (or --max-block-length), steps within the block;
@@ -119,8 +120,9 @@ class Server:
         """n tickets for one request, all or none (429 when the queue cannot take them all)."""
         tickets = []
         try:
-            for _ in range(n):
-                tickets.append(self.scheduler.submit(ids, settings))
+            for i in range(n):  # choice i of a seeded request draws with seed + i
+                seed = None if settings.seed is None else (settings.seed + i) % 2**64
+                tickets.append(self.scheduler.submit(ids, dataclasses.replace(settings, seed=seed)))
         except QueueFull as error:
             for ticket in tickets:
                 self.scheduler.cancel(ticket)

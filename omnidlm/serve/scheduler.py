@@ -1,9 +1,13 @@
-"""Continuous batching for the server: one worker thread drives the batched engines, async request
+"""Continuous batching for the server: one worker thread drives the batched engine, async request
 handlers submit work and await its events.
 
-Requests with the same sampling settings share one `BatchEngine`, so they share forwards; each
-engine step is one denoising step of every active row, a finished row's slot is refilled from the
-queue, and a cancelled request (client gone, stop string, timeout) frees its slot at once.
+ONE engine serves every request: each row carries its own sampling settings (temperature, top-p,
+threshold, steps per block, seed; `sampling/rows.py`), so requests with different settings share
+forwards and no engine is built per settings tuple. Only the block length is the engine's: a
+request with another block length gets an engine of its own, dropped as soon as it is idle (at most
+`MAX_ENGINES` at once; more wait their turn). Each engine step is one denoising step of every
+active row, a finished row's slot is refilled from the queue, and a cancelled request (client
+gone, stop string, timeout) frees its slot at once.
 
     scheduler = Scheduler(model, max_batch=8, max_queue=64)
     ticket = scheduler.submit(prompt_ids, Settings(max_new_tokens=64))
@@ -20,12 +24,16 @@ import asyncio
 import itertools
 import queue
 import threading
+import time
 from dataclasses import dataclass
 
 import torch
 
 from ..sampling.engine import BatchEngine, Request, Result, SamplingConfig
 from ..sampling.policies import FixedSteps, Threshold
+from ..sampling.rows import RowSettings
+
+MAX_ENGINES = 4  # distinct block lengths decoded at once
 
 
 class QueueFull(Exception):
@@ -42,22 +50,27 @@ class WorkFailed(Exception):
 
 @dataclass(frozen=True)
 class Settings:
-    """The sampling settings a request may choose; requests with equal settings batch together."""
+    """The sampling settings a request may choose."""
 
     max_new_tokens: int = 128
     temperature: float = 0.0
     top_p: float | None = None
     threshold: float | None = 0.9  # None: fixed steps (the reference schedule)
     steps: int | None = None  # per block; None: the block length
-    block_length: int | None = None
+    block_length: int | None = None  # None: the model's block size
+    seed: int | None = None  # None: the engine's shared generator
 
-    def sampling_config(self, model_cfg) -> SamplingConfig:
-        block = self.block_length or model_cfg.block_size
-        steps = self.steps or block
+    def row(self, block_length: int) -> RowSettings:
+        """This request's row of the engine's batch."""
+        steps = self.steps or block_length
         policy = FixedSteps(steps) if self.threshold is None else Threshold(self.threshold, steps)
-        cache = "exact" if model_cfg.attention == "block" else "approx"
-        return SamplingConfig(max_new_tokens=self.max_new_tokens, block_length=block, cache=cache, policy=policy,
-                              temperature=self.temperature, top_p=self.top_p)
+        return RowSettings(temperature=self.temperature, top_p=self.top_p, policy=policy)
+
+
+def engine_config(model_cfg, block_length: int) -> SamplingConfig:
+    """What stays per engine: the block length and the cache mode of the model's attention."""
+    cache = "exact" if model_cfg.attention == "block" else "approx"
+    return SamplingConfig(block_length=block_length, cache=cache)
 
 
 class Ticket:
@@ -87,8 +100,10 @@ class Ticket:
 class Scheduler:
     def __init__(self, model, max_batch: int = 8, max_queue: int = 64):
         self.model, self.max_batch, self.max_queue = model, max_batch, max_queue
-        self.engines: dict[Settings, BatchEngine] = {}
-        self.owner: dict[int, Settings] = {}  # request id -> the engine that runs it
+        self.block_size = model.config.block_size
+        self.engines: dict[int, BatchEngine] = {}  # by block length; the model's own is kept
+        self.owner: dict[int, int] = {}  # request id -> the block length of the engine that runs it
+        self.waiting: list[tuple] = []  # requests whose block length has no engine yet (MAX_ENGINES busy)
         self.tickets: dict[int, Ticket] = {}
         self.inbox: queue.Queue = queue.Queue()
         self.ids = itertools.count()
@@ -134,12 +149,14 @@ class Scheduler:
         torch.set_grad_enabled(False)
         while True:
             try:
-                busy = [s for s, e in self.engines.items() if e.busy]
-                self._take_messages(block=not busy)
-                for settings in busy:
-                    self._step(settings)
+                busy = [b for b, e in self.engines.items() if e.busy]
+                self._take_messages(block=not busy and not self.waiting)
+                for block in busy:
+                    self._step(block)
+                self._drop_idle_engines()
             except Exception as error:  # a bug outside any one request: note it and keep serving
                 self.last_error = describe(error)
+                time.sleep(0.01)
 
     def _take_messages(self, block: bool) -> None:
         try:
@@ -155,29 +172,49 @@ class Scheduler:
 
     def _handle(self, kind, request_id, prompt_ids, settings) -> None:
         if kind == "cancel":
-            owner = self.owner.pop(request_id, None)
-            if owner is not None and self.engines[owner].cancel(request_id):
-                self.cancelled += 1
-            self._finish(request_id, [], Result(request_id, [], 0, "cancelled"))
+            self._cancel(request_id)
             return
         try:
-            if settings not in self.engines:
-                config = settings.sampling_config(self.model.config)
-                self.engines[settings] = BatchEngine(self.model, config, max_batch=self.max_batch)
-            self.engines[settings].add(Request(prompt_ids, settings.max_new_tokens, id=request_id))
-            self.owner[request_id] = settings
+            block = settings.block_length or self.block_size
+            if block not in self.engines and len(self.engines) >= MAX_ENGINES:
+                self.waiting.append((kind, request_id, prompt_ids, settings))
+                return
+            if block not in self.engines:
+                self.engines[block] = BatchEngine(self.model, engine_config(self.model.config, block),
+                                                  max_batch=self.max_batch)
+            request = Request(prompt_ids, settings.max_new_tokens, id=request_id, settings=settings.row(block),
+                              seed=settings.seed)
+            self.engines[block].add(request)
+            self.owner[request_id] = block
         except ValueError as error:  # validated before submit; a failure here still must answer
             self._fail([request_id], WorkFailed(400, str(error)))
         except Exception as error:
             self._fail([request_id], WorkFailed(500, f"the engine could not admit the request: {describe(error)}"))
 
-    def _step(self, settings: Settings) -> None:
-        engine = self.engines[settings]
+    def _cancel(self, request_id) -> None:
+        owner = self.owner.pop(request_id, None)
+        if owner is not None and self.engines[owner].cancel(request_id):
+            self.cancelled += 1
+        kept = [w for w in self.waiting if w[1] != request_id]
+        self.cancelled += len(self.waiting) - len(kept)
+        self.waiting = kept
+        self._finish(request_id, [], Result(request_id, [], 0, "cancelled"))
+
+    def _drop_idle_engines(self) -> None:
+        """Free the engines of other block lengths once idle, then admit what waited for one."""
+        for block in [b for b, e in self.engines.items() if not e.busy and b != self.block_size]:
+            del self.engines[block]
+        waiting, self.waiting = self.waiting, []
+        for message in waiting:
+            self._handle(*message)
+
+    def _step(self, block: int) -> None:
+        engine = self.engines[block]
         try:
             finished = engine.step()
         except Exception as error:  # its rows' state is unknown now: fail them, start afresh
-            del self.engines[settings]
-            rows = [rid for rid, owner in self.owner.items() if owner == settings]
+            del self.engines[block]
+            rows = [rid for rid, owner in self.owner.items() if owner == block]
             self._fail(rows, WorkFailed(500, f"the engine failed while decoding: {describe(error)}"))
             return
         for request_id, tokens in engine.progress().items():
