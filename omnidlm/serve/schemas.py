@@ -9,6 +9,7 @@ flags (`n`, `block_length`, `steps`, prompt lengths) are checked by the app.
 
 from __future__ import annotations
 
+import struct
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, Field, field_validator
@@ -61,7 +62,10 @@ class DiffusionSettings(BaseModel):
     @field_validator("temperature")
     @classmethod
     def _not_denormal(cls, value: float) -> float:
-        if 0 < value < MIN_TEMPERATURE:
+        # by its bits, not `0 < value`: a process with denormals flushed to zero (torch.set_flush_denormal,
+        # DAZ) compares 1e-310 equal to 0
+        nonzero = struct.unpack("<q", struct.pack("<d", value))[0] != 0
+        if nonzero and not value >= MIN_TEMPERATURE:
             raise ValueError(f"must be 0 (greedy) or at least {MIN_TEMPERATURE}, got {value}")
         return value
 
