@@ -28,6 +28,15 @@ MODEL = ROOT / "models" / "text-tiny"
 MESSAGES = heldout(1)[0][0]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def denormals_as_numbers():  # noqa: PT004
+    """Training tests earlier in the process flush denormals to zero (torch.set_flush_denormal), and
+    server threads inherit that: 1e-310 would then be parsed as 0. Serve as a fresh process does."""
+    import torch
+
+    torch.set_flush_denormal(False)  # (it reports support, not the previous state: nothing to restore)
+
+
 @pytest.fixture(scope="module")
 def text_server():
     app = create_app(omnidlm.load(MODEL), Tokenizer.from_file(MODEL), "text-tiny",
@@ -39,11 +48,10 @@ def text_server():
 
 @pytest.fixture(scope="module")
 def omni_server():
-    from omnidlm.serve.omni_app import create_omni_app
     from omnidlm.train.omni import load_omni
 
     model, tokenizer = load_omni(ROOT / "models" / "lladao-digits")
-    server, url = start_server(create_omni_app(model, tokenizer, "lladao-digits", limits=Limits(max_image_pixels=512 * 512)))
+    server, url = start_server(create_app(model, tokenizer, "lladao-digits", limits=Limits(max_image_pixels=512 * 512)))
     yield url
     server.should_exit = True
 

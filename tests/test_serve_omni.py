@@ -11,9 +11,8 @@ from PIL import Image
 
 from omnidlm.data.digits import WORDS, digit_images
 from omnidlm.eval.judge import DigitJudge
-from omnidlm.serve.app import Limits
+from omnidlm.serve.app import Limits, create_app
 from omnidlm.serve.images import encode_png
-from omnidlm.serve.omni_app import create_omni_app
 from omnidlm.serve.testing import start_server
 from omnidlm.train.omni import load_omni
 
@@ -23,7 +22,7 @@ MODEL = "models/lladao-digits"
 @pytest.fixture(scope="module")
 def served():
     model, tokenizer = load_omni(MODEL)
-    server, url = start_server(create_omni_app(model, tokenizer, "lladao-digits", limits=Limits(max_image_pixels=512 * 512)))
+    server, url = start_server(create_app(model, tokenizer, "lladao-digits", limits=Limits(max_image_pixels=512 * 512)))
     yield url, openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0), model
     server.should_exit = True
 

@@ -73,11 +73,10 @@ def test_page_asks_about_an_uploaded_image_and_shows_a_drawing(browser, tmp_path
 
     from omnidlm.data.digits import WORDS, digit_images
     from omnidlm.serve.images import encode_png
-    from omnidlm.serve.omni_app import create_omni_app
     from omnidlm.train.omni import load_omni
 
     model, tokenizer = load_omni(ROOT / "models" / "lladao-digits")
-    server, url = start_server(create_omni_app(model, tokenizer, "lladao-digits"))
+    server, url = start_server(create_app(model, tokenizer, "lladao-digits"))
     try:
         image = tmp_path / "digit.png"
         import base64

@@ -1,33 +1,37 @@
-"""`omnidlm chat --model PATH`: an interactive chat in the terminal, streaming each committed block.
+"""`omnidlm chat --model PATH`: an interactive chat in the terminal, streaming each committed block,
+for every system the server serves (the same backends: `serve/backends.py`).
 
-Commands inside the chat: `/image FILE` attaches an image to the next message (vision models),
-`/draw PROMPT` draws (models with an image generator), `/reset` forgets the conversation, `/quit`.
+Commands inside the chat: `/image FILE` attaches an image to the next message (systems that see),
+`/draw PROMPT` draws and writes `draw-N.png` in the current directory (systems that draw),
+`/reset` forgets the conversation, `/quit`.
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 
 def register(sub) -> None:
     p = sub.add_parser("chat", help="chat with a model in the terminal (streaming)")
     p.add_argument("--model", required=True, help="checkpoint directory with a tokenizer.json")
-    p.add_argument("--max-tokens", type=int, default=256, help="upper bound of an answer (it stops at EOS)")
-    p.add_argument("--threshold", type=float, default=0.9)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--max-tokens", type=int, default=256, help="upper bound of an answer (it stops at EOS; default: 256)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="commit tokens at least this confident (default: the system's, 0.9 or 0.95)")
+    p.add_argument("--device", default="cpu", help="device to run on (default: cpu)")
     p.set_defaults(func=run)
 
 
-def stream_answer(engine, tokenizer, prompt_ids, max_tokens, out=sys.stdout) -> list[int]:
+def stream_answer(engine, decode, prompt_ids, max_tokens, out=sys.stdout, settings=None) -> list[int]:
     """Run one request through the engine, printing text as blocks are committed; -> answer ids."""
     from ..sampling.engine import Request
 
-    request_id = engine.add(Request(prompt_ids, max_tokens))
-    shown, eos = "", engine.eos_id
+    request_id = engine.add(Request(prompt_ids, max_tokens, settings=settings))
+    shown = ""
     while engine.busy:
         finished = {r.id: r for r in engine.step()}
         tokens = finished[request_id].tokens if request_id in finished else engine.progress().get(request_id, [])
-        text = tokenizer.decode([t for t in tokens if t != eos])
+        text = decode(tokens)
         out.write(text[len(shown):])
         out.flush()
         shown = text
@@ -46,39 +50,84 @@ def read_lines(prompt: str = "> "):
             return
 
 
-def run(args, lines=None, out=sys.stdout) -> int:
-    from .. import load
-    from ..sampling.engine import BatchEngine, SamplingConfig
-    from ..sampling.policies import Threshold
-    from ..sequence.tokenizer import Tokenizer
+class Session:
+    """One conversation: its messages, the image for the next message, the engine."""
 
-    model = load(args.model, device=args.device)
-    tokenizer = Tokenizer.from_file(args.model)
-    cache = "exact" if model.config.attention == "block" else "approx"
-    config = SamplingConfig(max_new_tokens=args.max_tokens, cache=cache,
-                            policy=Threshold(args.threshold, model.config.block_size))
-    engine = BatchEngine(model, config, max_batch=1)
-    messages: list[dict] = []
-    out.write("omnidlm chat: type a message; /reset, /quit; /image FILE and /draw PROMPT need an omni model\n")
+    def __init__(self, backend, args, out):
+        from ..sampling.engine import BatchEngine
+
+        self.backend, self.args, self.out = backend, args, out
+        self.messages: list[dict] = []
+        self.image = None
+        self.drawn = 0
+        self.threshold = backend.default_threshold if args.threshold is None else args.threshold
+        if backend.batched:
+            self.engine = BatchEngine(backend.engine_model, backend.engine_config(backend.config.block_size), max_batch=1)
+
+    def command(self, line: str) -> None:
+        """`/image FILE` or `/draw PROMPT`."""
+        name, _, rest = line.partition(" ")
+        needs = {"/image": "see", "/draw": "draw"}[name]
+        if needs not in self.backend.capabilities:
+            kind = "a text-only model" if self.backend.capabilities == ("text",) else f"a model that cannot {needs}"
+            self.out.write(f"{name}: {self.args.model} is {kind}\n")
+        elif name == "/image":
+            from .ask import read_image
+
+            self.image = read_image(rest.strip())
+            self.out.write(f"attached {rest.strip()} to the next message\n")
+        else:
+            self.draw(rest.strip())
+
+    def draw(self, prompt: str) -> None:
+        from PIL import Image
+
+        image = self.backend.draw(prompt, 1, self.drawn, None, None)[0]
+        self.drawn += 1
+        path = Path(f"draw-{self.drawn}.png")
+        Image.fromarray((image * 255).clip(0, 255).astype("uint8"), mode="L").save(path)
+        self.out.write(f"drew {path}\n")
+
+    def say(self, line: str) -> None:
+        self.messages.append({"role": "user", "content": line})
+        images, self.image = ([self.image] if self.image is not None else []), None
+        if not self.backend.batched:  # answered whole by the system's own sampler
+            answer = self.backend.answer(line, images[-1] if images else None, None, self.threshold)
+            self.out.write(answer.text + "\n")
+            self.messages.append({"role": "assistant", "content": answer.text})
+            return
+        prompt = self.backend.chat_prompt(self.messages, images)
+        budget = min(self.args.max_tokens, self.backend.config.max_seq_len - len(prompt.ids))
+        if budget <= 0:
+            self.out.write(f"the conversation ({len(prompt.ids)} tokens) fills the model's context; /reset to start over\n")
+            self.messages.pop()
+            return
+        answer = stream_answer(self.engine, self.backend.decode, prompt.ids, budget, self.out, self.row(prompt))
+        self.messages.append({"role": "assistant", "content": self.backend.decode(answer)})
+
+    def row(self, prompt):
+        from ..sampling.policies import Threshold
+        from ..sampling.rows import RowSettings
+
+        return RowSettings(policy=Threshold(self.threshold, self.backend.config.block_size), ban_ids=prompt.ban_ids)
+
+
+def run(args, lines=None, out=sys.stdout) -> int:
+    from ..serve.backends import open_backend
+
+    backend = open_backend(args.model, args.device)
+    session = Session(backend, args, out)
+    can = ", ".join(f"{c} FILE" if c == "/image" else f"{c} PROMPT" for c, need in (("/image", "see"), ("/draw", "draw"))
+                    if need in backend.capabilities)
+    out.write(f"omnidlm chat: type a message; /reset, /quit{'; ' + can if can else ''}\n")
     for line in lines if lines is not None else read_lines():
         line = line.strip()
         if line in ("/quit", "/exit"):
             break
         if line == "/reset":
-            messages.clear()
-            continue
-        if line.startswith("/image") or line.startswith("/draw"):
-            out.write(f"{line.split()[0]}: {args.model} is a text-only model\n")
-            continue
-        if not line:
-            continue
-        messages.append({"role": "user", "content": line})
-        prompt = tokenizer.encode_chat(messages)
-        budget = min(args.max_tokens, model.config.max_seq_len - len(prompt))
-        if budget <= 0:
-            out.write(f"the conversation ({len(prompt)} tokens) fills the model's context; /reset to start over\n")
-            messages.pop()
-            continue
-        answer = stream_answer(engine, tokenizer, prompt, budget, out)
-        messages.append({"role": "assistant", "content": tokenizer.decode(answer)})
+            session.messages.clear()
+        elif line.startswith("/image") or line.startswith("/draw"):
+            session.command(line)
+        elif line:
+            session.say(line)
     return 0

@@ -51,22 +51,12 @@ def allowed_hosts(host: str, flag: str | None) -> tuple[str, ...] | None:
 
 
 def build_app(path: str, device: str, max_batch: int, max_queue: int, limits):
-    """The app for the model at `path` and the capabilities it serves: LLaDA-o layouts get the
-    omni app, the rest the text app."""
-    name = Path(path).name
-    if (Path(path) / "llm_config.json").is_file():
-        from ..serve.omni_app import create_omni_app
-        from ..train.omni import load_omni
-
-        model, tokenizer = load_omni(path)
-        capabilities = ["text"] + ["see"] * model.can_see + ["draw", "edit"] * model.can_draw
-        return create_omni_app(model, tokenizer, name, max_queue, limits), capabilities
-    from .. import load
-    from ..sequence.tokenizer import Tokenizer
+    """The one app for the model at `path`, with the routes of the capabilities it has."""
     from ..serve.app import create_app
+    from ..serve.backends import open_model
 
-    model = load(path, device=device)
-    return create_app(model, Tokenizer.from_file(path), name, max_batch, max_queue, limits), ["text"]
+    app = create_app(*open_model(path, device), Path(path).name, max_batch, max_queue, limits)
+    return app, app.state.server.backend.capabilities
 
 
 def banner(name: str, capabilities, host: str, port: int) -> str:

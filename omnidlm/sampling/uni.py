@@ -95,18 +95,7 @@ def respond_many(model, tokenizer, texts: list[str], images: list[np.ndarray | N
     cfg = config or sampling_config(max_new_tokens)
     free = dataclasses.replace(cfg, ban_ids=(model.config.llm.mask_id,))  # text and image ids alike
     answers = understand_many(model, tokenizer, images or [None] * len(texts), texts, free)
-    vocab, parsed = model.config.vocab, []
-    for ans in answers:
-        ids, pieces, codes, last = ans.ids, [], [], 0
-        for a, b in vocab.image_spans(ids):
-            try:
-                codes.append(vocab.parse_image(ids[a:b]))
-                pieces += [tokenizer.decode(ids[last:a]), "[image]"]
-            except ValueError:
-                pieces += [tokenizer.decode(ids[last:a]), "[unreadable image]"]
-            last = b
-        pieces.append(tokenizer.decode(ids[last:]))
-        parsed.append(("".join(pieces), codes))
+    parsed = [parse_answer(model, tokenizer, ans.ids) for ans in answers]
     from .image import decode_codes  # image.py builds on this module
 
     every = [c for _, codes in parsed for c in codes]
@@ -119,3 +108,27 @@ def respond(model, tokenizer, text: str, image: np.ndarray | None = None, max_ne
             config: SamplingConfig | None = None, distilled: bool = True) -> UniAnswer:
     """One free answer (`respond_many`): `.text` with "[image]" where each image goes, `.images` decoded."""
     return respond_many(model, tokenizer, [text], [image], max_new_tokens, config, distilled)[0]
+
+
+def parse_answer(model, tokenizer, ids: list[int]) -> tuple[str, list[torch.Tensor]]:
+    """A free answer's ids (no EOS) -> its text ("[image]" where each image stands, "[unreadable
+    image]" for a span that does not parse) and the codes of its images."""
+    vocab, pieces, codes, last = model.config.vocab, [], [], 0
+    for a, b in vocab.image_spans(ids):
+        try:
+            codes.append(vocab.parse_image(ids[a:b]))
+            pieces += [tokenizer.decode(ids[last:a]), "[image]"]
+        except ValueError:
+            pieces += [tokenizer.decode(ids[last:a]), "[unreadable image]"]
+        last = b
+    pieces.append(tokenizer.decode(ids[last:]))
+    return "".join(pieces), codes
+
+
+def answer_parts(model, tokenizer, ids: list[int], distilled: bool = True) -> tuple[str, list[np.ndarray]]:
+    """A free answer's text and its decoded images (the server decodes answers it sampled itself)."""
+    from .image import decode_codes
+
+    text, codes = parse_answer(model, tokenizer, ids)
+    images = list(decode_codes(model, torch.stack(codes), distilled)) if codes and model.decoder is not None else []
+    return text, images

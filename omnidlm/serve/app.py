@@ -1,12 +1,14 @@
-"""The OpenAI-compatible app: routes, limits and errors, over the continuous-batching scheduler.
+"""The OpenAI-compatible app, ONE for every system: routes appear per capability (chat with image
+parts for systems that see, /v1/images/* for systems that draw), text answers run on ONE scheduler
+over one engine with per-row settings, drawings and edits in the image worker.
 
-    app = create_app(model, tokenizer, name="text-tiny")
+    app = create_app(model, tokenizer, name="uni-digits")
     uvicorn.run(app, host="127.0.0.1", port=8000)
 
-Errors use OpenAI's shape (see `http.py`); a model without an image generator asked for images ->
-400. A bad request never stops the server: what the model and the flags cannot run (a prompt that
-fills the context, `steps` or `block_length` beyond their bounds, `n` above `--max-n`) is refused
-before it reaches the worker, and what fails inside the worker fails only that request.
+What a system answers with is its backend (`backends.py`). Errors use OpenAI's shape (see
+`http.py`). A bad request never stops the server: what the model and the flags cannot run (a
+prompt that fills the context, `steps` or `block_length` beyond their bounds, `n` above `--max-n`)
+is refused before it reaches the worker, and what fails inside a worker fails only that request.
 """
 
 from __future__ import annotations
@@ -21,40 +23,70 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
 
+from .backends import Prompt, backend_for
 from .http import APIError, Limits, check_model, error_body, install_error_handlers, refuse_unsupported
+from .images import ImageError, decode_image, encode_png
+from .jobs import JobRunner
 from .metrics import Metrics
 from .scheduler import QueueFull, Scheduler, Settings, WorkFailed
-from .schemas import ChatRequest, CompletionRequest, ImageRequest, stop_strings
+from .schemas import ChatRequest, CompletionRequest, stop_strings
 
 __all__ = ["APIError", "Limits", "Server", "create_app"]
 
 WEB_PAGE = Path(__file__).parent / "web" / "index.html"
+JOB_UNSUPPORTED = ("max_tokens", "temperature", "top_p", "seed", "stop", "steps", "cfg_scale")
 
 
 def create_app(model, tokenizer, name: str = "omnidlm", max_batch: int = 8, max_queue: int = 64,
                limits: Limits | None = None) -> FastAPI:
+    from .image_routes import install_image_routes
+
     limits = limits or Limits()
+    backend = backend_for(model, tokenizer)
     app = FastAPI(title="omnidlm", version="0.1.0")
-    app.state.scheduler = Scheduler(model, max_batch=max_batch, max_queue=max_queue)
+    app.state.scheduler = Scheduler(backend.engine_model, max_batch=max_batch, max_queue=max_queue,
+                                    engine_config=backend.engine_config)
     app.state.metrics = Metrics()
-    server = Server(model, tokenizer, name, app.state.scheduler, app.state.metrics, limits)
+    server = Server(backend, name, app.state.scheduler, app.state.metrics, limits)
+    app.state.server = server
     install_error_handlers(app, app.state.metrics, limits)
-    install_common_routes(app, name, app.state.metrics, server.refresh_metrics, app.state.scheduler.health)
+    install_common_routes(app, name, app.state.metrics, server.refresh_metrics, server.health)
     install_text_routes(app, server)
+    install_image_routes(app, server)
     return app
 
 
 class Server:
     """What the routes do, apart from HTTP: prompts in, choices out."""
 
-    def __init__(self, model, tokenizer, name, scheduler, metrics, limits):
-        self.model, self.tokenizer, self.name = model, tokenizer, name
+    def __init__(self, backend, name, scheduler, metrics, limits):
+        self.backend, self.name = backend, name
+        self.model, self.tokenizer, self.config = backend.model, backend.tokenizer, backend.config
         self.scheduler, self.metrics, self.limits = scheduler, metrics, limits
+        drawn = "draw" in backend.capabilities or not backend.batched
+        self.jobs = JobRunner(backend.model, max_queue=scheduler.max_queue) if drawn else None
 
-    def settings(self, body, prompt_len: int, prompt_field: str) -> Settings:
+    def health(self) -> dict:
+        return {**self.scheduler.health(), **(self.jobs.health() if self.jobs else {}),
+                "capabilities": list(self.backend.capabilities)}
+
+    async def run_job(self, fn, *args, **kwargs):
+        """A whole-call job in the image worker, with the queue limit and the timeout."""
+        try:
+            return await self.jobs.run(fn, *args, timeout_s=self.limits.timeout_s, **kwargs)
+        except QueueFull as error:
+            raise APIError(429, f"server busy: {error}", headers={"Retry-After": "1"}) from None
+        except TimeoutError:
+            raise APIError(504, f"request timed out after {self.limits.timeout_s} s") from None
+        except WorkFailed as failure:
+            raise APIError(failure.status, failure.message) from None
+        except ValueError as error:  # the samplers' own checks (empty prompt, no generator, ...)
+            raise APIError(400, str(error)) from None
+
+    def settings(self, body, prompt: Prompt, prompt_field: str) -> Settings:
         """Sampling settings of a request, checked against the model and the server's limits;
         without max_tokens, all the room the model has left (up to the server's limit)."""
-        n_max = self.model.config.max_seq_len
+        n_max, prompt_len = self.config.max_seq_len, len(prompt.ids)
         room = n_max - prompt_len
         if room <= 0:
             raise APIError(400, f"the prompt ({prompt_len} tokens) fills the model's maximum length ({n_max} "
@@ -67,15 +99,16 @@ class Server:
             raise APIError(400, f"prompt ({prompt_len} tokens) + max_tokens ({max_tokens}) exceeds the "
                                 f"model's maximum length {n_max}", "max_tokens")
         self.check_block(body)
+        threshold = self.backend.default_threshold if body.threshold is None else body.threshold
         return Settings(max_new_tokens=max_tokens, temperature=body.temperature,
-                        top_p=body.top_p if body.top_p < 1.0 else None, threshold=body.threshold or 0.9,
-                        steps=body.steps, block_length=body.block_length, seed=body.seed)
+                        top_p=body.top_p if body.top_p < 1.0 else None, threshold=threshold,
+                        steps=body.steps, block_length=body.block_length, seed=body.seed, ban_ids=prompt.ban_ids)
 
     def check_block(self, body) -> int:
         """block_length within the model's length (or --max-block-length), steps within the block;
         -> the block length the request decodes with."""
-        bound = self.limits.max_block_length or self.model.config.max_seq_len
-        block = body.block_length or self.model.config.block_size
+        bound = self.limits.max_block_length or self.config.max_seq_len
+        block = body.block_length or self.config.block_size
         if block > bound:
             raise APIError(400, f"block_length ({block}) exceeds the limit of {bound}", "block_length")
         if body.steps is not None and body.steps > block:
@@ -90,31 +123,47 @@ class Server:
         self.metrics.active_rows = self.scheduler.active_rows
         self.metrics.tokens_generated = self.scheduler.tokens_generated
         self.metrics.requests_cancelled = self.scheduler.cancelled
+        if self.jobs is not None:
+            self.metrics.queue_depth += max(0, self.jobs.pending - 1)
 
-    def chat_messages(self, body: ChatRequest) -> list[dict]:
-        messages = []
+    def chat_messages(self, body: ChatRequest) -> tuple[list[dict], list]:
+        """The messages as text, and the images of their image parts (decoded, size-checked), in order."""
+        messages, urls = [], []
         for i, message in enumerate(body.messages):
             if isinstance(message.content, str):
                 messages.append({"role": message.role, "content": message.content})
                 continue
-            if any(part.type == "image_url" for part in message.content):
-                raise APIError(400, f"messages.{i}: this model has no vision encoder; send text only",
+            parts = [p.image_url.url for p in message.content if p.type == "image_url" and p.image_url]
+            if parts and "see" not in self.backend.capabilities:
+                raise APIError(400, f"messages.{i}: model {self.name!r} has no vision encoder; send text only",
                                f"messages.{i}.content")
-            text = "".join(part.text or "" for part in message.content)
+            urls += [(i, url) for url in parts]
+            text = " ".join(p.text for p in message.content if p.type == "text" and p.text)
             messages.append({"role": message.role, "content": text})
-        return messages
+        if not any(m["role"] == "user" for m in messages):
+            raise APIError(400, "messages hold no user message", "messages")
+        return messages, [self.image(url, f"messages.{i}.content") for i, url in urls]
 
-    async def tokenize(self, encode, text_chars: int, field: str) -> list[int]:
+    def image(self, url: str, field: str):
+        try:
+            return decode_image(url, self.limits.max_image_pixels)
+        except ImageError as error:
+            raise APIError(400, f"image_url: {error}", field) from None
+
+    async def prompt(self, build, text_chars: int, field: str) -> Prompt:
         """Prompt ids, off the event loop; a text that cannot fit is refused before tokenising
         (a token covers at most `longest_token` characters). The mask id is never a prompt id."""
-        bound = 2 * self.model.config.max_seq_len * longest_token(self.tokenizer)
+        bound = 2 * self.config.max_seq_len * longest_token(self.tokenizer)
         if text_chars > bound:
             raise APIError(400, f"the prompt ({text_chars} characters) cannot fit in the model's maximum length "
-                                f"({self.model.config.max_seq_len} tokens)", field)
-        ids = await asyncio.to_thread(encode)
-        if self.model.config.mask_id in ids:
+                                f"({self.config.max_seq_len} tokens)", field)
+        try:
+            prompt = await asyncio.to_thread(build)
+        except ValueError as error:  # the backend's own checks (an empty question, ...)
+            raise APIError(400, str(error), field) from None
+        if self.config.mask_id in prompt.ids:
             raise APIError(400, "the prompt holds the mask token: it is not text a prompt may contain", field)
-        return ids
+        return prompt
 
     def submit(self, ids, settings, n: int = 1):
         """n tickets for one request, all or none (429 when the queue cannot take them all)."""
@@ -131,21 +180,20 @@ class Server:
 
     def text(self, tokens: list[int], stops: list[str]) -> tuple[str, bool]:
         """Decoded answer (EOS dropped), cut at the first stop string; -> (text, whether it stopped)."""
-        eos = self.model.config.eos_id
-        text = self.tokenizer.decode([t for t in tokens if t != eos])
+        text = self.backend.decode(tokens)
         cuts = [text.find(s) for s in stops if s and s in text]
         return (text[: min(cuts)], True) if cuts else (text, False)
 
-    async def complete(self, ticket, stops) -> tuple[str, str, int]:
+    async def complete(self, ticket, stops) -> tuple[str, str, list[int]]:
         """Run one request to the end; -> (text, finish reason, completion tokens)."""
         try:
             async with asyncio.timeout(self.limits.timeout_s):
                 async for tokens, result in ticket.events():
                     text, stopped = self.text(tokens, stops)
                     if stopped:
-                        return text, "stop", len(tokens)
+                        return text, "stop", tokens
                     if result is not None:
-                        return text, "stop" if result.finish_reason == "eos" else "length", len(tokens)
+                        return text, "stop" if result.finish_reason == "eos" else "length", tokens
         except TimeoutError:
             raise APIError(504, f"request timed out after {self.limits.timeout_s} s") from None
         except WorkFailed as failure:
@@ -227,31 +275,79 @@ def install_common_routes(app: FastAPI, name: str, metrics: Metrics, refresh=lam
 
 
 def install_text_routes(app: FastAPI, server: Server) -> None:
+    backend = server.backend
+
     @app.post("/v1/chat/completions")
     async def chat(body: ChatRequest, request: Request):
         check_model(body.model, server.name)
         refuse_unsupported(body, ("cfg_scale",), "/v1/chat/completions")
-        messages = server.chat_messages(body)
+        messages, images = await asyncio.to_thread(server.chat_messages, body)
+        if not backend.batched:
+            return await answer_by_job(server, "chat.completion", messages, images, body)
+        interleave = "image" in (body.modalities or ())
+        if interleave and "interleave" not in backend.capabilities:
+            raise APIError(400, f"model {server.name!r} does not answer with images", "modalities")
+        if interleave and body.stream:
+            raise APIError(400, "an answer with images is not streamed: drop stream or modalities", "stream")
         chars = sum(len(m["content"]) for m in messages)
-        ids = await server.tokenize(lambda: server.tokenizer.encode_chat(messages), chars, "messages")
-        settings = server.settings(body, len(ids), "messages")
-        return await respond(server, "chat.completion", ids, settings, body, request)
+        prompt = await server.prompt(lambda: backend.chat_prompt(messages, images, interleave), chars, "messages")
+        settings = server.settings(body, prompt, "messages")
+        return await respond(server, "chat.completion", prompt, settings, body, request)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
         check_model(body.model, server.name)
         refuse_unsupported(body, ("cfg_scale",), "/v1/completions")
-        ids = await server.tokenize(lambda: server.tokenizer.encode(body.prompt), len(body.prompt), "prompt")
-        settings = server.settings(body, len(ids), "prompt")
-        return await respond(server, "text_completion", ids, settings, body, request)
+        if not backend.batched:
+            return await answer_by_job(server, "text_completion", [{"role": "user", "content": body.prompt}], [], body)
+        prompt = await server.prompt(lambda: backend.completion_prompt(body.prompt), len(body.prompt), "prompt")
+        settings = server.settings(body, prompt, "prompt")
+        return await respond(server, "text_completion", prompt, settings, body, request)
 
-    @app.post("/v1/images/generations")
-    async def images(body: ImageRequest):
-        raise APIError(400, f"model {server.name!r} has no image generator", "model")
 
-    @app.post("/v1/images/edits")
-    async def edits():
-        raise APIError(400, f"model {server.name!r} has no image generator", "model")
+async def answer_by_job(server: Server, kind: str, messages, images, body):
+    """A system whose answers are image-worker jobs: one answer, whole (streamed as one chunk)."""
+    route = "/v1/chat/completions" if kind == "chat.completion" else "/v1/completions"
+    refuse_unsupported(body, JOB_UNSUPPORTED, route)
+    if body.n != 1:
+        raise APIError(400, f"n is not supported by {route} on this model (one answer per request)", "n")
+    server.check_block(body)
+    question = next(m["content"] for m in reversed(messages) if m["role"] == "user")
+    answer = await server.run_job(server.backend.answer, question, images[-1] if images else None,
+                                  body.block_length, body.threshold)
+    server.metrics.tokens_generated += len(answer.ids)
+    prompt_tokens = len(server.tokenizer.encode(question))
+    out = completion_body(server, kind, [(answer.text, "stop", answer.ids)], prompt_tokens)
+    if body.stream and kind == "chat.completion":
+        return StreamingResponse(one_event_stream(out), media_type="text/event-stream")
+    return out
+
+
+def completion_body(server: Server, kind: str, outputs, prompt_tokens: int, images=None) -> dict:
+    """The OpenAI body of finished choices [(text, finish reason, tokens)]; `images[i]`: the
+    base64 PNGs of choice i (an interleaved answer), as `message.images`."""
+    chat = kind == "chat.completion"
+    choices = []
+    for i, (text, reason, _) in enumerate(outputs):
+        message = {"role": "assistant", "content": text}
+        if images is not None:
+            message["images"] = [{"b64_json": b} for b in images[i]]
+        choices.append({"index": i, "finish_reason": reason, **({"message": message} if chat else {"text": text})})
+    completion_tokens = sum(len(tokens) for _, _, tokens in outputs)
+    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+             "total_tokens": prompt_tokens + completion_tokens}
+    return {"id": f"omnidlm-{uuid.uuid4().hex[:12]}", "object": kind, "created": int(time.time()),
+            "model": server.name, "choices": choices, "usage": usage}
+
+
+def one_event_stream(body: dict):
+    """A whole answer as one chat.completion.chunk, a final chunk, then [DONE]."""
+    text = body["choices"][0]["message"]["content"]
+    for delta, reason in ((text, None), ("", "stop")):
+        chunk = {**body, "object": "chat.completion.chunk",
+                 "choices": [{"index": 0, "delta": {"role": "assistant", "content": delta}, "finish_reason": reason}]}
+        yield f"data: {json.dumps(chunk)}\n\n"
+    yield "data: [DONE]\n\n"
 
 
 async def cancel_on_disconnect(request: Request, work: asyncio.Future, every_s: float = 0.25) -> None:
@@ -263,11 +359,11 @@ async def cancel_on_disconnect(request: Request, work: asyncio.Future, every_s: 
         await asyncio.sleep(every_s)
 
 
-async def respond(server: Server, kind: str, ids, settings, body, request: Request):
+async def respond(server: Server, kind: str, prompt: Prompt, settings, body, request: Request):
     stops = stop_strings(body.stop)
     rid, created = f"omnidlm-{uuid.uuid4().hex[:12]}", int(time.time())
     chat = kind == "chat.completion"
-    tickets = server.submit(ids, settings, body.n)  # a full queue is a 429 here, streamed or not
+    tickets = server.submit(prompt.ids, settings, body.n)  # a full queue is a 429 here, streamed or not
     if body.stream:
         def chunk(index, text, reason):
             delta = {"role": "assistant", "content": text} if chat else None
@@ -287,10 +383,10 @@ async def respond(server: Server, kind: str, ids, settings, body, request: Reque
         watcher.cancel()
         for ticket in tickets:
             server.scheduler.cancel(ticket)
-    choices = [{"index": i, "finish_reason": reason,
-                **({"message": {"role": "assistant", "content": text}} if chat else {"text": text})}
-               for i, (text, reason, _) in enumerate(outputs)]
-    completion_tokens = sum(n for _, _, n in outputs)
-    usage = {"prompt_tokens": len(ids), "completion_tokens": completion_tokens,
-             "total_tokens": len(ids) + completion_tokens}
-    return {"id": rid, "object": kind, "created": created, "model": server.name, "choices": choices, "usage": usage}
+    images = None
+    if prompt.interleave:  # decode the images the answers hold (in the image worker)
+        parts = [await server.run_job(server.backend.answer_parts, tokens) for _, _, tokens in outputs]
+        outputs = [(text, reason, tokens) for (text, _), (_, reason, tokens) in zip(parts, outputs)]
+        images = [[encode_png(im) for im in ims] for _, ims in parts]
+    out = completion_body(server, kind, outputs, len(prompt.ids), images)
+    return {**out, "id": rid, "created": created}

@@ -21,6 +21,7 @@ and drops it; the worker itself keeps running, and `health()` says what state it
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import queue
 import threading
@@ -59,16 +60,17 @@ class Settings:
     steps: int | None = None  # per block; None: the block length
     block_length: int | None = None  # None: the model's block size
     seed: int | None = None  # None: the engine's shared generator
+    ban_ids: tuple[int, ...] = ()  # ids this answer never holds (the system's, e.g. Uni's image ids)
 
     def row(self, block_length: int) -> RowSettings:
         """This request's row of the engine's batch."""
         steps = self.steps or block_length
         policy = FixedSteps(steps) if self.threshold is None else Threshold(self.threshold, steps)
-        return RowSettings(temperature=self.temperature, top_p=self.top_p, policy=policy)
+        return RowSettings(temperature=self.temperature, top_p=self.top_p, policy=policy, ban_ids=self.ban_ids)
 
 
-def engine_config(model_cfg, block_length: int) -> SamplingConfig:
-    """What stays per engine: the block length and the cache mode of the model's attention."""
+def default_engine_config(model_cfg, block_length: int) -> SamplingConfig:
+    """What stays per engine by default: the block length and the cache of the model's attention."""
     cache = "exact" if model_cfg.attention == "block" else "approx"
     return SamplingConfig(block_length=block_length, cache=cache)
 
@@ -98,8 +100,11 @@ class Ticket:
 
 
 class Scheduler:
-    def __init__(self, model, max_batch: int = 8, max_queue: int = 64):
+    def __init__(self, model, max_batch: int = 8, max_queue: int = 64, engine_config=None):
+        """`engine_config(block_length) -> SamplingConfig`: what stays per engine (default: the
+        cache of the model's attention)."""
         self.model, self.max_batch, self.max_queue = model, max_batch, max_queue
+        self.engine_config = engine_config or functools.partial(default_engine_config, model.config)
         self.block_size = model.config.block_size
         self.engines: dict[int, BatchEngine] = {}  # by block length; the model's own is kept
         self.owner: dict[int, int] = {}  # request id -> the block length of the engine that runs it
@@ -180,8 +185,7 @@ class Scheduler:
                 self.waiting.append((kind, request_id, prompt_ids, settings))
                 return
             if block not in self.engines:
-                self.engines[block] = BatchEngine(self.model, engine_config(self.model.config, block),
-                                                  max_batch=self.max_batch)
+                self.engines[block] = BatchEngine(self.model, self.engine_config(block), max_batch=self.max_batch)
             request = Request(prompt_ids, settings.max_new_tokens, id=request_id, settings=settings.row(block),
                               seed=settings.seed)
             self.engines[block].add(request)

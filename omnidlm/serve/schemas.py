@@ -73,6 +73,7 @@ class DiffusionSettings(BaseModel):
 class ChatRequest(DiffusionSettings):
     model: Text | None = None
     messages: list[Message] = Field(min_length=1)
+    modalities: list[Literal["text", "image"]] | None = None  # with "image": an interleaved answer (Uni)
 
 
 class CompletionRequest(DiffusionSettings):

@@ -1,0 +1,184 @@
+"""What each system answers with, for the one app (`serve/app.py`): how a request becomes prompt ids
+(or an image job), what the engine runs, how answer ids become text, which routes exist.
+
+    backend = backend_for(model, tokenizer)      # by the model object's system
+    backend.capabilities                         # e.g. ("text", "see", "draw", "edit", "interleave")
+    prompt = backend.chat_prompt(messages, images)   # Prompt(ids, ban_ids, ...); runs off the event loop
+    text = backend.decode(tokens)
+
+- Text systems (LLaDA, LLaDA2.0): the tokenizer's chat template; the scheduler's engine runs the model.
+- LLaDA2.0-Uni: images are codes of its tokenizer, so an image question is plain prompt ids and the
+  engine runs the backbone: Uni questions batch with each other. An interleaved answer (the
+  request's `modalities` holds "image") may hold image codes; they are decoded after the text.
+- LLaDA-o: answers through its own understanding sampler, one request at a time in the image worker
+  (`jobs.JobRunner`) until its image prefix runs on the engine.
+Drawing and editing are whole-call jobs for every system that draws.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..sampling.engine import SamplingConfig
+
+
+@dataclass
+class Prompt:
+    ids: list[int]
+    ban_ids: tuple[int, ...] = ()  # never sampled in this answer
+    interleave: bool = False  # the answer may hold images (decoded by `images_of`)
+
+
+class TextBackend:
+    """A text system: chat through the tokenizer's template, no images."""
+
+    batched = True  # text answers run on the scheduler's engine
+    default_threshold = 0.9
+
+    def __init__(self, model, tokenizer):
+        self.model, self.tokenizer = model, tokenizer
+        self.engine_model = model
+        self.capabilities: tuple[str, ...] = ("text",)
+
+    @property
+    def config(self):
+        """The config of what the engine runs (max_seq_len, block_size, eos_id, mask_id)."""
+        return self.engine_model.config
+
+    def engine_config(self, block_length: int) -> SamplingConfig:
+        cache = "exact" if self.config.attention == "block" else "approx"
+        return SamplingConfig(block_length=block_length, cache=cache)
+
+    def chat_prompt(self, messages: list[dict], images: list, interleave: bool = False) -> Prompt:
+        return Prompt(self.tokenizer.encode_chat(messages))
+
+    def completion_prompt(self, text: str) -> Prompt:
+        return Prompt(self.tokenizer.encode(text))
+
+    def decode(self, tokens: list[int]) -> str:
+        eos = self.config.eos_id
+        return self.tokenizer.decode([t for t in tokens if t != eos])
+
+    def draw_size(self) -> int | None:
+        """The side in pixels of the images the model draws (None: it does not draw)."""
+        return None
+
+
+class UniBackend(TextBackend):
+    """LLaDA2.0-Uni: one sequence of text ids and image codes, answered by the backbone."""
+
+    default_threshold = 0.95  # the published LLaDA2.0 rule (sampling/uni.py)
+
+    def __init__(self, model, tokenizer):
+        super().__init__(model, tokenizer)
+        from ..sampling.uni import codec_of
+
+        self.engine_model, self.codec = model.backbone, codec_of(model, tokenizer)
+        sees, draws = model.tokenizer is not None, model.decoder is not None
+        self.capabilities = ("text",) + ("see",) * sees + ("draw", "edit", "interleave") * (draws and sees)
+
+    def engine_config(self, block_length: int) -> SamplingConfig:
+        return SamplingConfig(block_length=block_length, cache="exact")
+
+    def chat_prompt(self, messages: list[dict], images: list, interleave: bool = False) -> Prompt:
+        """The last user turn (its text and its last image), as the Uni recipe asks."""
+        from ..sampling.uni import _text_ban, encode_images
+
+        question = next(m["content"] for m in reversed(messages) if m["role"] == "user")
+        codes = encode_images(self.model, images[-1:])[0] if images else None
+        ban = (self.config.mask_id,) if interleave else _text_ban(self.model)
+        return Prompt(self.codec.user(question, codes), ban, interleave)
+
+    def completion_prompt(self, text: str) -> Prompt:
+        return self.chat_prompt([{"role": "user", "content": text}], [])
+
+    def decode(self, tokens: list[int]) -> str:
+        eos = self.config.eos_id
+        return self.codec.decode([t for t in tokens if t != eos])
+
+    def answer_parts(self, tokens: list[int]) -> tuple[str, list[np.ndarray]]:
+        """An interleaved answer -> its text ("[image]" where each image stands) and the images."""
+        from ..sampling.uni import answer_parts
+
+        eos = self.config.eos_id
+        return answer_parts(self.model, self.tokenizer, [t for t in tokens if t != eos])
+
+    def draw_size(self) -> int | None:
+        return self.model.decoder.image_size if self.model.decoder is not None else None
+
+    def draw(self, prompt: str, n: int, seed: int, steps: int | None, cfg: float | None):
+        from ..sampling.image import draw_uni
+
+        return draw_uni(self.model, self.tokenizer, [prompt], n=n, seed=seed, cfg=3.0 if cfg is None else cfg,
+                        decoder_steps=steps)
+
+    def edit(self, image: np.ndarray, prompt: str, n: int, seed: int):
+        from ..sampling.image import edit_uni
+
+        return edit_uni(self.model, self.tokenizer, image, prompt, n=n, seed=seed)
+
+
+class LLaDAOBackend(TextBackend):
+    """LLaDA-o: its understanding sampler over a prefilled image prefix, and the flow drawings."""
+
+    batched = False  # answers are image-worker jobs (see the module docstring)
+    default_threshold = 0.95
+
+    def __init__(self, model, tokenizer):
+        super().__init__(model, tokenizer)
+        self.engine_model = model.language_model
+        self.capabilities = ("text",) + ("see",) * model.can_see + ("draw", "edit") * model.can_draw
+
+    def answer(self, question: str, image, block_length: int | None, threshold: float | None):
+        from ..sampling.omni import understand
+
+        return understand(self.model, self.tokenizer, image, question, block_length=block_length or 32,
+                          threshold=threshold or self.default_threshold)
+
+    def draw_size(self) -> int:
+        from ..sampling.omni import model_image_size
+
+        return model_image_size(self.model)
+
+    def draw(self, prompt: str, n: int, seed: int, steps: int | None, cfg: float | None, image=None):
+        from ..sampling.image import FlowSettings, draw_lladao
+
+        settings = FlowSettings.euler(steps or 30, cfg_text_scale=4.0 if cfg is None else cfg)
+        return draw_lladao(self.model, self.tokenizer, [prompt], n=n, seed=seed, settings=settings, image=image)
+
+    def edit(self, image: np.ndarray, prompt: str, n: int, seed: int):
+        return self.draw(prompt, n, seed, None, None, image=image)
+
+
+def backend_for(model, tokenizer) -> TextBackend:
+    """The backend of the model object's system."""
+    kind = type(model).__name__
+    if kind == "LLaDA2Uni":
+        return UniBackend(model, tokenizer)
+    if kind == "LLaDAO":
+        return LLaDAOBackend(model, tokenizer)
+    return TextBackend(model, tokenizer)
+
+
+def open_model(path: str, device: str = "cpu"):
+    """(model, tokenizer) of the checkpoint at `path`, whatever its system."""
+    from pathlib import Path
+
+    if (Path(path) / "llm_config.json").is_file():
+        from ..train.omni import load_omni
+
+        return load_omni(path)
+    from ..train.uni import is_uni_dir, load_uni_model
+
+    if is_uni_dir(path):
+        return load_uni_model(path)
+    from .. import load
+    from ..sequence.tokenizer import Tokenizer
+
+    return load(path, device=device), Tokenizer.from_file(path)
+
+
+def open_backend(path: str, device: str = "cpu") -> TextBackend:
+    return backend_for(*open_model(path, device))

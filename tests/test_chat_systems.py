@@ -1,0 +1,31 @@
+"""`omnidlm chat` for every system: `/image FILE` for systems that see, `/draw PROMPT` for systems
+that draw (the same backends as the server)."""
+
+import base64
+import io
+from argparse import Namespace
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from omnidlm.commands import chat
+from omnidlm.data.digits import WORDS, digit_images
+from omnidlm.serve.images import encode_png
+
+ROOT = Path(__file__).parent.parent
+
+
+@pytest.mark.parametrize("model", ["uni-digits", "lladao-digits"])
+def test_chat_sees_images_and_draws(model, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    images, labels = digit_images("heldout", size=32)
+    (tmp_path / "digit.png").write_bytes(base64.b64decode(encode_png(images[2])))
+    out = io.StringIO()
+    args = Namespace(model=str(ROOT / "models" / model), max_tokens=64, threshold=None, device="cpu")
+    lines = ["/image digit.png", "What digit is shown?", "/draw a handwritten digit 3", "/quit"]
+    assert chat.run(args, lines=lines, out=out) == 0
+    shown = out.getvalue().splitlines()
+    assert "/image FILE" in shown[0] and "/draw PROMPT" in shown[0]
+    assert shown[2] == WORDS[labels[2]], shown
+    assert shown[3] == "drew draw-1.png" and Image.open(tmp_path / "draw-1.png").size[0] >= 16
