@@ -1,8 +1,9 @@
 """Server benchmark: requests/s and tokens/s at several client concurrencies, all against one
 server started on loopback in this process (`omnidlm bench --serve`).
 
-Every level sends the same held-out synthetic prompts; a row counts completion tokens as the
-server reports them (EOS excluded) and the exact-match accuracy of the answers.
+Every level sends the same held-out requests: synthetic text prompts for text systems, questions
+about held-out digit images ("What digit is shown?") for systems that see. A row counts completion
+tokens as the server reports them (EOS excluded) and the exact-match accuracy of the answers.
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ import httpx
 from ..data.synthetic import heldout, score_exact
 
 
-async def _load(url: str, examples, concurrency: int, max_tokens: int) -> dict:
+async def _load(url: str, examples, concurrency: int, max_tokens: int | None) -> dict:
     limit = asyncio.Semaphore(concurrency)
+    extra = {} if max_tokens is None else {"max_tokens": max_tokens}
     async with httpx.AsyncClient(timeout=600) as client:
         async def one(messages, answer):
             async with limit:
-                r = await client.post(url + "/v1/chat/completions", json={"messages": messages, "max_tokens": max_tokens})
+                r = await client.post(url + "/v1/chat/completions", json={"messages": messages, **extra})
             body = r.json()
             text = body["choices"][0]["message"]["content"] if r.status_code == 200 else ""
             tokens = body.get("usage", {}).get("completion_tokens", 0) if r.status_code == 200 else 0
@@ -42,11 +44,28 @@ def bench_serve(model, tokenizer, levels=(1, 4, 16, 32), requests_per_level: int
     app = create_app(model, tokenizer, "bench", max_batch=max(levels), max_queue=requests_per_level)
     server, url = start_server(app)
     try:
-        examples = heldout(requests_per_level)
+        sees = "see" in app.state.server.backend.capabilities
+        examples = image_questions(requests_per_level) if sees else heldout(requests_per_level)
+        if sees and not app.state.server.backend.batched:
+            max_tokens = None  # answered by the system's own sampler: its answer length
         asyncio.run(_load(url, examples[:2], 1, max_tokens))  # warm-up
         return [asyncio.run(_load(url, examples, c, max_tokens)) for c in levels]
     finally:
         server.should_exit = True
+
+
+def image_questions(n: int) -> list[tuple[list[dict], str]]:
+    """(messages, expected answer) of n questions about held-out digit images."""
+    from ..data.digits import WORDS, digit_images
+    from ..serve.images import encode_png
+
+    images, labels = digit_images("heldout", size=32)
+    out = []
+    for i in range(n):
+        url = "data:image/png;base64," + encode_png(images[i % len(images)])
+        content = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "What digit is shown?"}]
+        out.append(([{"role": "user", "content": content}], WORDS[labels[i % len(labels)]]))
+    return out
 
 
 def format_table(rows: list[dict]) -> str:
