@@ -120,3 +120,17 @@ def test_final_evaluation_shows_progress(capsys):
     tok = Tokenizer.from_file("models/text-tiny")
     E.synthetic_exact_match(model, tok, n=2, progress=True)
     assert "eval" in capsys.readouterr().err
+
+
+def test_an_omni_run_directory_loses_the_debris_of_a_killed_save(tmp_path):
+    out = tmp_path / "lladao"
+    half = tmp_path / ".lladao.x81k2.tmp"  # what atomic_directory leaves beside `out` when killed
+    half.mkdir()
+    (half / "ema.safetensors").write_bytes(b"half")
+    assert C.prepare_run(out) == out and out.is_dir() and not half.exists()
+    (out / "ema.safetensors").write_bytes(b"weights")
+    with pytest.raises(FileExistsError, match="--force"):
+        C.prepare_run(out)
+    (out / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
+    C.prepare_run(out, force=True)
+    assert not (out / "metrics.jsonl").exists()  # a forced run starts its records afresh

@@ -68,7 +68,7 @@ def set_rng_state(state: dict) -> None:
 def remove_debris(out: Path) -> list[Path]:
     """Remove what a run killed while saving leaves in `out`: temporary checkpoint directories,
     half-done exports and metrics rewrites (and, beside `out`, a half-written replacement of it)."""
-    out = Path(out)
+    out = Path(out).resolve()
     found = [*out.glob(".export.*"), *out.glob(".metrics.jsonl.tmp"), *(out / "checkpoints").glob(".step-*.tmp"),
              *(out / "checkpoints").glob(".step-*.old"), *out.parent.glob(f".{out.name}.*.tmp")]
     for path in found:

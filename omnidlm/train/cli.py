@@ -21,18 +21,19 @@ import sys
 
 def register(sub) -> None:
     p = sub.add_parser("train", help="train or fine-tune a model from a recipe")
-    p.add_argument("--recipe", default="synthetic-text", help="recipe name (see --list)")
+    p.add_argument("--recipe", default="synthetic-text", help="recipe name (see --list; default: synthetic-text)")
     p.add_argument("--out", default=None, help="run directory (default: runs/<recipe>)")
     p.add_argument("--max-steps", type=int, default=None,
                    help="total optimiser steps (overrides the recipe; for the omni recipes the main stage runs "
-                        "this many and every other stage at most this many)")
+                        "this many and every other stage at most this many; default: the recipe's)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     p.add_argument("--force", action="store_true", help="start over in an --out that already holds a run "
                                                          "(omni recipes: replace a non-empty --out)")
     p.add_argument("--stop-after", type=int, default=None,
-                   help="checkpoint and stop after this step (the schedule still spans max_steps)")
+                   help="checkpoint and stop after this step (the schedule still spans max_steps; default: none)")
     p.add_argument("--list", action="store_true", help="print the recipes and the fields of --recipe, then exit")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="TrainConfig overrides, model.<field>=... for the model")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="overrides of the recipe's config fields, model.<field>=... for the model (see --list)")
     p.set_defaults(func=run)
 
 
