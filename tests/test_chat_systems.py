@@ -29,3 +29,14 @@ def test_chat_sees_images_and_draws(model, tmp_path, monkeypatch):
     assert "/image FILE" in shown[0] and "/draw PROMPT" in shown[0]
     assert shown[2] == WORDS[labels[2]], shown
     assert shown[3] == "drew draw-1.png" and Image.open(tmp_path / "draw-1.png").size[0] >= 16
+
+
+def test_chat_with_llada_v_sees_and_refuses_to_draw():
+    fixture = ROOT / "tests" / "data" / "fixtures" / "llada-v-tiny"
+    out = io.StringIO()
+    args = Namespace(model=str(fixture), max_tokens=16, threshold=None, device="cpu")
+    lines = ["/draw a cat", f"/image {fixture / 'image_a.png'}", "Describe it.", "/quit"]
+    assert chat.run(args, lines=lines, out=out) == 0
+    shown = out.getvalue().splitlines()
+    assert "/image FILE" in shown[0] and "/draw" not in shown[0]
+    assert "cannot draw" in shown[1] and shown[2].startswith("attached") and len(shown) == 4

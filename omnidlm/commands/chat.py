@@ -22,11 +22,12 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def stream_answer(engine, decode, prompt_ids, max_tokens, out=sys.stdout, settings=None) -> list[int]:
-    """Run one request through the engine, printing text as blocks are committed; -> answer ids."""
+def stream_answer(engine, decode, prompt, max_tokens, out=sys.stdout, settings=None) -> list[int]:
+    """Run one request (a `serve.backends.Prompt`) through the engine, printing text as blocks are
+    committed; -> answer ids."""
     from ..sampling.engine import Request
 
-    request_id = engine.add(Request(prompt_ids, max_tokens, settings=settings))
+    request_id = engine.add(Request(prompt.ids, max_tokens, settings=settings, prefix=prompt.prefix))
     shown = ""
     while engine.busy:
         finished = {r.id: r for r in engine.step()}
@@ -74,7 +75,7 @@ class Session:
         elif name == "/image":
             from .ask import read_image
 
-            self.image = read_image(rest.strip())
+            self.image = read_image(rest.strip(), mode=self.backend.image_mode)
             self.out.write(f"attached {rest.strip()} to the next message\n")
         else:
             self.draw(rest.strip())
@@ -97,19 +98,21 @@ class Session:
             self.messages.append({"role": "assistant", "content": answer.text})
             return
         prompt = self.backend.chat_prompt(self.messages, images)
-        budget = min(self.args.max_tokens, self.backend.config.max_seq_len - len(prompt.ids))
+        budget = min(self.args.max_tokens, self.backend.config.max_seq_len - prompt.length)
         if budget <= 0:
-            self.out.write(f"the conversation ({len(prompt.ids)} tokens) fills the model's context; /reset to start over\n")
+            self.out.write(f"the conversation ({prompt.length} tokens) fills the model's context; /reset to start over\n")
             self.messages.pop()
             return
-        answer = stream_answer(self.engine, self.backend.decode, prompt.ids, budget, self.out, self.row(prompt))
+        answer = stream_answer(self.engine, self.backend.decode, prompt, budget, self.out, self.row(prompt))
         self.messages.append({"role": "assistant", "content": self.backend.decode(answer)})
 
     def row(self, prompt):
-        from ..sampling.policies import Threshold
+        from ..sampling.policies import FixedSteps, Threshold
         from ..sampling.rows import RowSettings
 
-        return RowSettings(policy=Threshold(self.threshold, self.backend.config.block_size), ban_ids=prompt.ban_ids)
+        steps = self.backend.config.block_size
+        policy = FixedSteps(steps) if self.threshold is None else Threshold(self.threshold, steps)
+        return RowSettings(policy=policy, ban_ids=prompt.ban_ids)
 
 
 def run(args, lines=None, out=sys.stdout) -> int:

@@ -86,12 +86,12 @@ class Server:
     def settings(self, body, prompt: Prompt, prompt_field: str) -> Settings:
         """Sampling settings of a request, checked against the model and the server's limits;
         without max_tokens, all the room the model has left (up to the server's limit)."""
-        n_max, prompt_len = self.config.max_seq_len, len(prompt.ids)
+        n_max, prompt_len = self.config.max_seq_len, prompt.length
         room = n_max - prompt_len
         if room <= 0:
             raise APIError(400, f"the prompt ({prompt_len} tokens) fills the model's maximum length ({n_max} "
                                 "tokens): nothing is left for an answer", prompt_field)
-        max_tokens = body.max_tokens or min(self.limits.max_tokens, room)
+        max_tokens = body.max_tokens or min(self.backend.default_max_tokens or self.limits.max_tokens, room)
         if max_tokens > self.limits.max_tokens:
             raise APIError(400, f"max_tokens ({max_tokens}) exceeds the server's limit of {self.limits.max_tokens}",
                            "max_tokens")
@@ -146,7 +146,7 @@ class Server:
 
     def image(self, url: str, field: str):
         try:
-            return decode_image(url, self.limits.max_image_pixels)
+            return decode_image(url, self.limits.max_image_pixels, self.backend.image_mode)
         except ImageError as error:
             raise APIError(400, f"image_url: {error}", field) from None
 
@@ -165,13 +165,14 @@ class Server:
             raise APIError(400, "the prompt holds the mask token: it is not text a prompt may contain", field)
         return prompt
 
-    def submit(self, ids, settings, n: int = 1):
+    def submit(self, prompt: Prompt, settings, n: int = 1):
         """n tickets for one request, all or none (429 when the queue cannot take them all)."""
         tickets = []
         try:
             for i in range(n):  # choice i of a seeded request draws with seed + i
                 seed = None if settings.seed is None else (settings.seed + i) % 2**64
-                tickets.append(self.scheduler.submit(ids, dataclasses.replace(settings, seed=seed)))
+                tickets.append(self.scheduler.submit(prompt.ids, dataclasses.replace(settings, seed=seed),
+                                                     prefix=prompt.prefix))
         except QueueFull as error:
             for ticket in tickets:
                 self.scheduler.cancel(ticket)
@@ -363,7 +364,7 @@ async def respond(server: Server, kind: str, prompt: Prompt, settings, body, req
     stops = stop_strings(body.stop)
     rid, created = f"omnidlm-{uuid.uuid4().hex[:12]}", int(time.time())
     chat = kind == "chat.completion"
-    tickets = server.submit(prompt.ids, settings, body.n)  # a full queue is a 429 here, streamed or not
+    tickets = server.submit(prompt, settings, body.n)  # a full queue is a 429 here, streamed or not
     if body.stream:
         def chunk(index, text, reason):
             delta = {"role": "assistant", "content": text} if chat else None
@@ -388,5 +389,5 @@ async def respond(server: Server, kind: str, prompt: Prompt, settings, body, req
         parts = [await server.run_job(server.backend.answer_parts, tokens) for _, _, tokens in outputs]
         outputs = [(text, reason, tokens) for (text, _), (_, reason, tokens) in zip(parts, outputs)]
         images = [[encode_png(im) for im in ims] for _, ims in parts]
-    out = completion_body(server, kind, outputs, len(prompt.ids), images)
+    out = completion_body(server, kind, outputs, prompt.length, images)
     return {**out, "id": rid, "created": created}

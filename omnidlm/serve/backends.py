@@ -10,6 +10,9 @@
 - LLaDA2.0-Uni: images are codes of its tokenizer, so an image question is plain prompt ids and the
   engine runs the backbone: Uni questions batch with each other. An interleaved answer (the
   request's `modalities` holds "image") may hold image codes; they are decoded after the text.
+- LLaDA-V: the published prompt and sampler (full attention, fixed steps, its banned ids, text up
+  to <|eot_id|>); the whole prompt, image features included, is the engine request's prefix, so
+  image questions batch too.
 - LLaDA-o: answers through its own understanding sampler, one request at a time in the image worker
   (`jobs.JobRunner`) until its image prefix runs on the engine.
 Drawing and editing are whole-call jobs for every system that draws.
@@ -28,14 +31,22 @@ from ..sampling.engine import SamplingConfig
 class Prompt:
     ids: list[int]
     ban_ids: tuple[int, ...] = ()  # never sampled in this answer
-    interleave: bool = False  # the answer may hold images (decoded by `images_of`)
+    interleave: bool = False  # the answer may hold images (decoded by `answer_parts`)
+    prefix: object = None  # sampling/prefix.py Prefix: embeddings before the canvas (LLaDA-V)
+
+    @property
+    def length(self) -> int:
+        """Positions the prompt takes in the sequence."""
+        return len(self.ids) + (0 if self.prefix is None else int(self.prefix.embeds.shape[0]))
 
 
 class TextBackend:
     """A text system: chat through the tokenizer's template, no images."""
 
     batched = True  # text answers run on the scheduler's engine
-    default_threshold = 0.9
+    default_threshold: float | None = 0.9  # None: fixed steps per block
+    default_max_tokens: int | None = None  # None: all the room the model has left
+    image_mode = "L"  # how images of requests are read (PIL mode)
 
     def __init__(self, model, tokenizer):
         self.model, self.tokenizer = model, tokenizer
@@ -152,11 +163,43 @@ class LLaDAOBackend(TextBackend):
         return self.draw(prompt, n, seed, None, None, image=image)
 
 
+class LLaDAVBackend(TextBackend):
+    """LLaDA-V: its prompt with one -200 per image, embedded (anyres features) into the prefix."""
+
+    default_threshold = None  # the published sampler: fixed steps
+    image_mode = "RGB"
+
+    def __init__(self, model, tokenizer):
+        super().__init__(model, tokenizer)
+        from ..sampling import llada_v
+
+        self.V, self.engine_model = llada_v, model.language_model
+        self.default_max_tokens = llada_v.GEN_LENGTH
+        self.capabilities = ("text", "see")
+
+    def engine_config(self, block_length: int) -> SamplingConfig:
+        return SamplingConfig(block_length=block_length, attention="full", cache="none", stop_at_eos=False)
+
+    def chat_prompt(self, messages: list[dict], images: list, interleave: bool = False) -> Prompt:
+        question = next(m["content"] for m in reversed(messages) if m["role"] == "user")
+        ids = self.V.prompt_ids(self.tokenizer, question, len(images))
+        prefix = self.V.request(self.model, ids, images, 1).prefix
+        return Prompt([], self.V.banned_ids(self.tokenizer), prefix=prefix)
+
+    def completion_prompt(self, text: str) -> Prompt:
+        return self.chat_prompt([{"role": "user", "content": text}], [])
+
+    def decode(self, tokens: list[int]) -> str:
+        return self.V.answer_text(self.tokenizer, tokens)
+
+
 def backend_for(model, tokenizer) -> TextBackend:
     """The backend of the model object's system."""
     kind = type(model).__name__
     if kind == "LLaDA2Uni":
         return UniBackend(model, tokenizer)
+    if kind == "LLaDAO" and not model.can_draw and model.config.projector == "mlp2x_gelu":
+        return LLaDAVBackend(model, tokenizer)
     if kind == "LLaDAO":
         return LLaDAOBackend(model, tokenizer)
     return TextBackend(model, tokenizer)
@@ -164,8 +207,15 @@ def backend_for(model, tokenizer) -> TextBackend:
 
 def open_model(path: str, device: str = "cpu"):
     """(model, tokenizer) of the checkpoint at `path`, whatever its system."""
+    import json
     from pathlib import Path
 
+    config = Path(path) / "config.json"
+    if config.is_file() and "mm_projector_type" in json.loads(config.read_text()):
+        from ..formats.llada_v import load_llada_v
+        from ..sequence.tokenizer import Tokenizer
+
+        return load_llada_v(path, device=device), Tokenizer.from_file(path)
     if (Path(path) / "llm_config.json").is_file():
         from ..train.omni import load_omni
 

@@ -39,8 +39,9 @@ def sniff(raw: bytes) -> str | None:
     return None
 
 
-def decode_image(url: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """A `data:image/...;base64,` URL (or bare base64) -> (H, W) grayscale float32 in [0, 1]."""
+def decode_image(url: str, max_pixels: int = DEFAULT_MAX_PIXELS, mode: str = "L"):
+    """A `data:image/...;base64,` URL (or bare base64) -> (H, W) grayscale float32 in [0, 1]; with
+    another PIL `mode` (LLaDA-V: "RGB"), the PIL image in that mode."""
     if url.startswith("http://") or url.startswith("https://"):
         raise ImageError("image_url must be a data: URL with base64 content; remote URLs are not fetched")
     if url.startswith("data:"):
@@ -55,7 +56,7 @@ def decode_image(url: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
         raw = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
         raise ImageError("image_url is not valid base64") from None
-    return open_image(raw, max_pixels)
+    return open_image(raw, max_pixels) if mode == "L" else open_pil(raw, max_pixels).convert(mode)
 
 
 def open_image(raw: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

@@ -136,13 +136,14 @@ class Scheduler:
         return {"worker": "running" if self.worker.is_alive() else "stopped", "active_rows": self.active_rows,
                 "queue_depth": self.queue_depth, "failed_requests": self.failures, "last_error": self.last_error}
 
-    def submit(self, prompt_ids: list[int], settings: Settings) -> Ticket:
-        """Queue a request; QueueFull when max_batch + max_queue requests are already in."""
+    def submit(self, prompt_ids: list[int], settings: Settings, prefix=None) -> Ticket:
+        """Queue a request (`prefix`: embeddings before its canvas, sampling/prefix.py); QueueFull
+        when max_batch + max_queue requests are already in."""
         if self.outstanding >= self.max_batch + self.max_queue:
             raise QueueFull(f"{self.outstanding} requests in flight, the limit is {self.max_batch + self.max_queue}")
         ticket = Ticket(next(self.ids), asyncio.get_running_loop())
         self.tickets[ticket.id] = ticket
-        self.inbox.put(("add", ticket.id, prompt_ids, settings))
+        self.inbox.put(("add", ticket.id, (prompt_ids, prefix), settings))
         return ticket
 
     def cancel(self, ticket: Ticket) -> None:
@@ -175,19 +176,20 @@ class Scheduler:
             except queue.Empty:
                 return
 
-    def _handle(self, kind, request_id, prompt_ids, settings) -> None:
+    def _handle(self, kind, request_id, prompt, settings) -> None:
         if kind == "cancel":
             self._cancel(request_id)
             return
         try:
             block = settings.block_length or self.block_size
             if block not in self.engines and len(self.engines) >= MAX_ENGINES:
-                self.waiting.append((kind, request_id, prompt_ids, settings))
+                self.waiting.append((kind, request_id, prompt, settings))
                 return
             if block not in self.engines:
                 self.engines[block] = BatchEngine(self.model, self.engine_config(block), max_batch=self.max_batch)
+            prompt_ids, prefix = prompt
             request = Request(prompt_ids, settings.max_new_tokens, id=request_id, settings=settings.row(block),
-                              seed=settings.seed)
+                              seed=settings.seed, prefix=prefix)
             self.engines[block].add(request)
             self.owner[request_id] = block
         except ValueError as error:  # validated before submit; a failure here still must answer
