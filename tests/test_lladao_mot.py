@@ -110,29 +110,21 @@ def test_gen_names_map_to_und_names():
     assert und_name("norm_gen.weight") == "norm.weight"
 
 
-class ConcatCache:
-    """The smallest cache honouring `attend_kv`: keys/values of earlier calls prepended."""
-
-    def __init__(self):
-        self.k, self.v, self.next_position = {}, {}, 0
-
-    def attend_kv(self, layer, k, v):
-        if layer in self.k:
-            k, v = torch.cat([self.k[layer], k], dim=2), torch.cat([self.v[layer], v], dim=2)
-        self.k[layer], self.v[layer] = k, v
-        return k, v
-
-
 def test_cached_clean_prefix_equals_full_forward(mot):
-    # a clean prefix (und) then noisy gen tokens that see it: the prefix can be cached
+    """A clean prefix (und) in the engine's KVCache, then noisy gen tokens that see it."""
+    from omnidlm.sampling.cache import KVCache
+
     x = torch.randn(1, 7, CFG.hidden_size)
     route = torch.tensor([[False, False, False, False, True, True, True]])
     mask = torch.ones(1, 1, 7, 7, dtype=torch.bool)
     mask[..., :4, 4:] = False  # the prefix never sees the noisy part
     with torch.no_grad():
         full = mot(inputs_embeds=x, gen_route=route, attention_mask=mask, return_hidden=True).hidden
-        cache = ConcatCache()
-        mot(inputs_embeds=x[:, :4], gen_route=route[:, :4], kv_cache=cache)
-        cache.next_position = 4
-        step = mot(inputs_embeds=x[:, 4:], gen_route=route[:, 4:], kv_cache=cache, return_hidden=True).hidden
+        cache = KVCache.for_model(mot, 1, 7)
+        first, rest = torch.arange(4)[None], torch.arange(4, 7)[None]
+        cache.begin(first, first, 4)
+        mot(inputs_embeds=x[:, :4], gen_route=route[:, :4], position_ids=first, kv_cache=cache, compute_logits=False)
+        cache.begin(rest, rest, 7)
+        step = mot(inputs_embeds=x[:, 4:], gen_route=route[:, 4:], position_ids=rest, kv_cache=cache,
+                   return_hidden=True).hidden
     torch.testing.assert_close(step, full[:, 4:], rtol=1e-5, atol=1e-5)

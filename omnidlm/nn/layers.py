@@ -1,4 +1,5 @@
-"""Building blocks of the backbone: RMSNorm, rotary embedding, attention and the SwiGLU MLP.
+"""Building blocks of the backbone: RMSNorm, rotary embedding, attention, the SwiGLU MLP and the
+two-expert routing of a projection (`routed`).
 
 Attention takes a boolean mask (B, 1, Q, K), True = may attend, or None for full bidirectional
 attention, and runs through `scaled_dot_product_attention` on CPU and GPU. A key/value cache, when
@@ -52,8 +53,32 @@ class Rotary(nn.Module):
         return torch.cat([out, rest], dim=-1) if rest.shape[-1] else out
 
 
+def routed(x: torch.Tensor, route: torch.Tensor | None, und: nn.Module, gen: nn.Module | None) -> torch.Tensor:
+    """`und` on the tokens where route is False, `gen` where it is True: (B, L, *) -> (B, L, out).
+
+    The Mixture-of-Transformers routing (LLaDA-o, models/mot.py): each expert runs only on its own
+    tokens (gathered to (N, *)); with no route (or no generation twin) this is the dense call.
+    """
+    if route is None or gen is None:
+        return und(x)
+    y_und, y_gen = und(x[~route]), gen(x[route])  # (N_und, *), (N_gen, *)
+    out = y_und.new_empty(*route.shape, *y_und.shape[1:])  # (B, L, *)
+    out[~route] = y_und
+    out[route] = y_gen.to(y_und.dtype)
+    return out
+
+
+def _twin(twin: nn.Module | None, name: str) -> nn.Module | None:
+    return None if twin is None else getattr(twin, name)
+
+
 class Attention(nn.Module):
-    """Multi-head / grouped-query attention with a fused qkv projection and optional QK RMSNorm."""
+    """Multi-head / grouped-query attention with a fused qkv projection and optional QK RMSNorm.
+
+    With a `route` (B, L) and a `twin` Attention (the generation expert's copy, LLaDA-o), every
+    projection and norm runs per token under its expert's weights and ONE attention call covers
+    the whole sequence, so the experts see each other wherever the mask allows.
+    """
 
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
@@ -65,19 +90,22 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps) if cfg.qk_norm else None
         self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps) if cfg.qk_norm else None
 
-    def forward(self, x_BLD, rotary: Rotary, cos, sin, mask_B1QK=None, kv_cache=None):
+    def forward(self, x_BLD, rotary: Rotary, cos, sin, mask_B1QK=None, kv_cache=None, route=None, twin=None):
         B, L, _ = x_BLD.shape
-        qkv = self.qkv(x_BLD).view(B, L, self.n_heads + 2 * self.kv_heads, self.head_dim)
-        q, k, v = qkv.transpose(1, 2).split([self.n_heads, self.kv_heads, self.kv_heads], dim=1)
+        qkv = routed(x_BLD, route, self.qkv, _twin(twin, "qkv"))
+        q, k, v = qkv.view(B, L, self.n_heads + 2 * self.kv_heads, self.head_dim).split(
+            [self.n_heads, self.kv_heads, self.kv_heads], dim=2)  # (B, L, heads, D)
         if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = rotary.rotate(q, cos, sin), rotary.rotate(k, cos, sin)  # (B, H, L, D)
+            q = routed(q, route, self.q_norm, _twin(twin, "q_norm"))
+            k = routed(k, route, self.k_norm, _twin(twin, "k_norm"))
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, L, D)
+        q, k = rotary.rotate(q, cos, sin), rotary.rotate(k, cos, sin)
         if kv_cache is not None:
             k, v = kv_cache.attend_kv(self.layer_idx, k, v)  # cached slots, the new ones written in
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask_B1QK, enable_gqa=self.kv_heads != self.n_heads
         )  # (B, H, L, D)
-        return self.o_proj(out.transpose(1, 2).reshape(B, L, -1))
+        return routed(out.transpose(1, 2).reshape(B, L, -1), route, self.o_proj, _twin(twin, "o_proj"))
 
 
 class SwiGLU(nn.Module):
