@@ -1,5 +1,5 @@
-"""Omni samplers on a tiny random model: the cached prefix against the full forward, threshold
-decoding (top-1 at least, stop at EOS), text-to-image shapes, the CFG interval, bad inputs."""
+"""Omni samplers on a tiny random model: understanding on the engine (the cached prefix against the
+full forward, batched = alone = uncached, threshold decoding: top-1 at least, stop at EOS), text-to-image shapes, the CFG interval, bad inputs."""
 
 import numpy as np
 import pytest
@@ -26,34 +26,55 @@ def model():
 
 
 @torch.no_grad()
-def test_cached_prefix_matches_the_full_forward(model):
+def test_cached_prefix_block_logits_match_the_full_forward(model):
+    """The engine's first block step (prefix prefilled into the KVCache) gives the logits of one
+    forward over the whole understanding sample [head | image | question | block (full)]."""
     px = S.prepare_image(np.random.default_rng(0).random((16, 16)), 16)
-    cache = S.prefill(model, CODEC, px, "What digit is shown?")
-    block = torch.full((8,), model.config.llm.mask_id)
-    block[2] = 40
-    cached = S._block_forward(model, cache, block, append=False)
-    sample = OB.understanding_sample(CODEC, px, 16, "What digit is shown?", block.tolist())
+    engine = S.understanding_engine(model, S.understanding_config(model, block_length=8), max_batch=1)
+    seen, forward = [], engine.forward
+    engine.forward = lambda *a, **kw: seen.append(forward(*a, **kw)) or seen[-1]
+    prefix = S.image_question(model, CODEC, px, "What digit is shown?")
+    engine.add(S.Request([], 8, prefix=prefix))
+    engine.step()
+    cached = seen[-1].logits[0]  # (8, V): the block's logits (the head runs on the block only)
+    sample = OB.understanding_sample(CODEC, px, 16, "What digit is shown?", [model.config.llm.mask_id] * 8)
     batch = OB.collate([sample], 97)
     full = model(batch.input_ids, batch.layout, vit_images=batch.vit).logits[0, -8:]
     torch.testing.assert_close(cached, full, atol=1e-5, rtol=1e-5)
-    assert cache.length == batch.input_ids.shape[1] - 8  # the block was not appended
+
+
+def test_answers_batch_as_they_run_alone_and_cached_equals_uncached(model):
+    images = [np.random.default_rng(i).random((16, 16)) for i in range(3)] + [None]
+    questions = ["What digit is shown?", "Describe it.", "What is it plus one?", "Hello?"]
+    together = S.understand_many(model, TOK, images, questions, block_length=8, max_blocks=2, threshold=0.5)
+    alone = [S.understand(model, TOK, im, q, block_length=8, max_blocks=2, threshold=0.5) for im, q in zip(images, questions)]
+    assert [a.ids for a in together] == [a.ids for a in alone]
+    cfg = S.understanding_config(model, block_length=8, threshold=0.5, max_blocks=2)
+    uncached = S.BatchEngine(model.language_model, S.SamplingConfig(**{**cfg.__dict__, "cache": "none"}), 4)
+    results, _ = S.run_recorded(uncached, S.understanding_requests(model, TOK, images, questions))
+    eos = model.config.llm.eos_id
+    assert [r.tokens[:-1] if r.tokens[-1:] == [eos] else r.tokens for r in results] == [a.ids for a in alone]
 
 
 class Scripted(torch.nn.Module):
-    """A language model stub: the logits of position j of a block come from `script(j, step)`."""
+    """A language model stub: the logits of position j of a block come from `script(j, step)`;
+    the prefill (embeddings in) runs the real model."""
 
     def __init__(self, real, script):
         super().__init__()
         self.real, self.script, self.calls = real, script, 0
         self.embed, self.config = real.embed, real.config
 
-    def __call__(self, ids=None, position_ids=None, kv_cache=None, compute_logits=True, **kw):
-        if ids is None or not compute_logits:
-            return self.real(ids, position_ids=position_ids, kv_cache=kv_cache, compute_logits=compute_logits, **kw)
+    device = property(lambda self: self.real.device)
+    dtype = property(lambda self: self.real.dtype)
+
+    def forward(self, ids=None, inputs_embeds=None, logits_at=None, **kw):
+        if ids is None:
+            return self.real(ids, inputs_embeds=inputs_embeds, logits_at=logits_at, **kw)
         self.calls += 1
         V = self.real.config.vocab_size
-        logits = torch.zeros(1, ids.shape[1], V)
-        for j in range(ids.shape[1]):
+        logits = torch.zeros(1, logits_at.shape[1], V)
+        for j in range(logits_at.shape[1]):
             token, conf = self.script(j, self.calls)
             logits[0, j, token] = conf
         return type("Out", (), {"logits": logits})()

@@ -54,3 +54,54 @@ def test_the_understanding_forward_gives_the_recorded_logits(model, ref, name):
     expected = torch.tensor(case["logits"])
     err = (logits - expected).abs().max()
     assert err < 4e-6, err
+
+
+# -- the recorded greedy runs ------------------------------------------------------------------------
+
+QUESTION = [441, 14, 125, 125]  # the question's ids before the model's [bos] ... [eos] wrapping
+
+
+def markers():
+    from omnidlm.formats.lladao import image_marker_ids
+
+    return image_marker_ids(PATH)
+
+
+@pytest.mark.parametrize("run, knobs", [
+    ("chat_no_cache", dict(policy="fixed", cache="none")),
+    ("chat_block_cache", dict(policy="threshold", threshold=0.95, cache="exact")),
+])
+def test_the_published_chat_runs_give_the_recorded_ids(model, ref, run, knobs):
+    """gen_length 8, block_length 4, steps 8 (4 per block), greedy: the engine's knobs for
+    chat(use_cache=False) and chat_block (the ask command's contract)."""
+    from omnidlm.sampling.omni import published_answer
+
+    recorded = ref["understanding_generate"][run]["output_ids"]
+    ids = published_answer(model, QUESTION, pixels(ref["understanding_train"]), markers(), gen_length=8,
+                           block_length=4, steps=8, **knobs)
+    assert ids == recorded
+
+
+@torch.no_grad()
+def test_the_uncached_chat_layout_is_one_full_split(model, ref):
+    """The engine's first step under cache "none" gives the logits of ONE forward over
+    [image | bos question eos | bos masks] where every token sees every token, with the image at
+    position 0 and the rest after it."""
+    from omnidlm.sampling.engine import BatchEngine, Request
+    from omnidlm.sampling.omni import published_config, published_question
+
+    px, (start, end) = pixels(ref["understanding_train"]), markers()
+    cfg = published_config(model, gen_length=8, block_length=4, steps=8, policy="fixed", cache="none")
+    engine = BatchEngine(model.language_model, cfg, max_batch=1)
+    seen, forward = [], engine.forward
+    engine.forward = lambda *a, **kw: seen.append(forward(*a, **kw)) or seen[-1]
+    engine.add(Request([500], prefix=published_question(model, QUESTION, px, (start, end))))
+    engine.step()
+    segs = [vit_image(12), text(6, "full"), text(8, "full")]
+    ids = [start] + [0] * 12 + [end, 500, *QUESTION, 501, 500] + [511] * 7
+    lay = single(segs)
+    assert lay.position_ids[0].tolist() == [0] * 14 + list(range(1, 15))
+    lay = dataclasses.replace(lay, split_ids=torch.zeros_like(lay.split_ids),
+                              split_modes=torch.full_like(lay.split_modes, FULL))
+    full = model(torch.tensor([ids]), lay, vit_images=[px]).logits[0, 20:]
+    torch.testing.assert_close(seen[-1].logits[0, 20:], full, atol=1e-5, rtol=1e-5)  # after the 20 prefix rows

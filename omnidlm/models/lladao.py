@@ -195,17 +195,23 @@ class LLaDAO(nn.Module):
                 compute_logits: bool = True, return_hidden: bool = False) -> OmniOutput:
         """input_ids (B, L) hold the text tokens (other positions are ignored); images and latents
         are given in layout order (row by row, segment by segment)."""
+        x = self.embed(input_ids, layout, vit_images, latents, timesteps)  # (B, L, D)
+        route = layout.gen_route if self.can_draw else None
+        out = self.language_model(inputs_embeds=x, attention_mask=layout.mask, position_ids=layout.position_ids,
+                                  gen_route=route, return_hidden=True, compute_logits=compute_logits)
+        velocity = self._velocity(out.hidden, layout, latents) if len(latents) else []
+        return OmniOutput(out.logits, velocity, out.hidden if return_hidden else None)
+
+    def embed(self, input_ids: torch.Tensor, layout: Layout, vit_images=(), latents=(), timesteps=None) -> torch.Tensor:
+        """The backbone's input (B, L, D): text embeddings, ViT features and latents at their kinds'
+        positions (also what an engine request's multimodal prefix holds, sampling/omni.py)."""
         x = self.language_model.embed(torch.where(layout.kind == TEXT, input_ids, 0))  # (B, L, D)
         if len(vit_images):
             x = self._place(x, layout.kind == VIT, self.embed_images(list(vit_images)), "ViT image")
         if len(latents):
             t = timesteps if timesteps is not None else torch.zeros(len(latents), device=x.device)
             x = self._place(x, layout.kind == VAE, self.embed_latents(list(latents), t), "latent image")
-        route = layout.gen_route if self.can_draw else None
-        out = self.language_model(inputs_embeds=x, attention_mask=layout.mask, position_ids=layout.position_ids,
-                                  gen_route=route, return_hidden=True, compute_logits=compute_logits)
-        velocity = self._velocity(out.hidden, layout, latents) if len(latents) else []
-        return OmniOutput(out.logits, velocity, out.hidden if return_hidden else None)
+        return x
 
     @staticmethod
     def _place(x: torch.Tensor, where: torch.Tensor, parts: list[torch.Tensor], what: str) -> torch.Tensor:

@@ -161,11 +161,13 @@ class BatchEngine:
         return out
 
     def canvas(self) -> dict:
-        """{id: the row's canvas from its prompt's end to the end of its current block, masks
-        included} for every active row (what an unmasking animation draws)."""
+        """{id: the row's canvas from its prompt's end to the end of the block its last step
+        denoised (the first block before any step), masks included} for every active row (what an
+        unmasking animation draws)."""
         out = {}
         for i, row in enumerate(self.rows):
-            stop = min(row.end, row.block + self.cfg.block_length)
+            just_done = row.step == 0 and row.forwards > 0  # the last step finished the previous block
+            stop = min(row.end, row.block + (0 if just_done else self.cfg.block_length))
             out[row.request.id] = self.tokens[i, row.prompt_len : stop].tolist()
         return out
 

@@ -1,22 +1,27 @@
-"""Samplers of the LLaDA-o omni model (REFERENCE.md §3): understanding (drawing and editing: sampling/image.py).
+"""LLaDA-o understanding on the engine (REFERENCE.md §3; drawing and editing: sampling/image.py).
 
-Understanding (`understand`): image and prompt form a clean prefix that is prefilled ONCE into a
-small key/value cache (`PrefixCache`, the `attend_kv` protocol of `MoTBackbone`); the answer is
-decoded in blocks of masks. Each iteration of a block:
-    1. run the block against the cached prefix (the block is a `full` segment: it sees itself);
-    2. x0 = argmax (mask / marker tokens banned), confidence = its softmax probability;
-    3. commit every masked position with confidence >= tau, at least the top-1 (more when the
-       remaining iterations of the 2 x steps budget require it);
-    4. the answer is settled once an EOS is committed with nothing masked before it.
-A block holding an EOS ends the answer (cut at the first EOS); otherwise the block is appended to
-the cache and the next one starts.
+An image question is an engine `Request` whose multimodal prefix (sampling/prefix.py) holds
+[head | image | question, header] (ViT features at the image's patches, the whole image at ONE
+RoPE position, the digits models' causal text splits) and whose canvas is the answer: the prefix
+is prefilled ONCE into the engine's KVCache, then the answer is decoded block by block by the
+engine's loop with the policy `Threshold(tau, steps=block_length)`: every masked position above
+tau, at least the top-1 per step (the digits models' and the published `chat_block` rule); a row
+stops at its first EOS with nothing masked before it. So image questions batch with each other
+(`understanding_requests` + `understanding_engine`, what the server drives) and stream block by
+block.
 
-    answer = understand(model, tok, image, "What digit is shown?")      # image (H, W) in [0, 1]
+    answer = understand(model, tok, image, "What digit is shown?")        # image (H, W) in [0, 1]
+    answers = understand_many(model, tok, images, questions)               # one engine batch
+    ids = published_answer(model, prompt_ids, pixels, markers, gen_length=8, block_length=4, steps=8)
+
+`published_answer` lays the question out as the published code does ([image | bos prompt eos],
+answer [bos | masks]) and maps its two samplers onto the engine's knobs: cache "none" is
+`chat(use_cache=False)` (one full split: every token sees every token, fixed steps), cache "exact"
+is `chat_block` (cached blocks, threshold).
 """
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -24,41 +29,11 @@ import numpy as np
 import torch
 
 from ..data import omni_batches as OB
-from ..sequence.segments import TEXT, VAE, VIT, positions, single, text, vit_image
-
-
-class PrefixCache:
-    """Keys / values of a clean prefix, per layer. With `append` the new keys/values are stored
-    (prefill, or a finished block); otherwise they are attended once and forgotten (a block step)."""
-
-    def __init__(self, n_layers: int):
-        self.k: list[torch.Tensor | None] = [None] * n_layers
-        self.v: list[torch.Tensor | None] = [None] * n_layers
-        self.append = True
-        self.next_position = 0
-
-    def attend_kv(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor):
-        if self.k[layer_idx] is not None:
-            k = torch.cat([self.k[layer_idx], k], dim=2)  # (B, KV, P + L, Dh)
-            v = torch.cat([self.v[layer_idx], v], dim=2)
-        if self.append:
-            self.k[layer_idx], self.v[layer_idx] = k, v
-        return k, v
-
-    @property
-    def length(self) -> int:
-        return 0 if self.k[0] is None else self.k[0].shape[2]
-
-
-def embed_inputs(model, ids: torch.Tensor, layout, vit=(), latents=(), t=None) -> torch.Tensor:
-    """The embedding half of `LLaDAO.forward`: text ids, ViT features and latents in one (B, L, D)."""
-    x = model.language_model.embed(torch.where(layout.kind == TEXT, ids, 0))
-    if len(vit):
-        x = model._place(x, layout.kind == VIT, model.embed_images(list(vit)), "ViT image")
-    if len(latents):
-        t = t if t is not None else torch.zeros(len(latents))
-        x = model._place(x, layout.kind == VAE, model.embed_latents(list(latents), t), "latent image")
-    return x
+from ..sequence.segments import Layout, single, text, vit_image
+from .engine import BatchEngine, Request, SamplingConfig
+from .policies import make_policy, Threshold
+from .prefix import Prefix, split_mask
+from .rows import RowSettings
 
 
 # --- image inputs ----------------------------------------------------------------------------------
@@ -90,21 +65,44 @@ def prepare_image(image: np.ndarray, size: int) -> torch.Tensor:
 @dataclass
 class Answer:
     text: str
-    ids: list[int]
-    iterations: int  # model calls on blocks (prefill and cache appends not counted)
+    ids: list[int]  # the answer's ids, without its closing EOS
+    iterations: int  # engine steps the answer took (the prefill not counted)
     seconds: float
     history: list[list[int]] = field(default_factory=list)  # the answer canvas after each iteration
 
 
-def _banned(model, tok) -> list[int]:
+def _banned(model) -> tuple[int, ...]:
     cfg = model.config.llm
     ids = [cfg.mask_id, OB.IMG_START, OB.IMG_END, cfg.bos_id]
-    return [i for i in ids if i is not None and i < cfg.vocab_size]
+    return tuple(i for i in ids if i is not None and i < cfg.vocab_size)
 
 
-@torch.no_grad()
-def prefill(model, codec: OB.PromptCodec, pixels: torch.Tensor | None, question: str) -> PrefixCache:
-    """Run the clean prefix [head | image | question, header] once into a new cache."""
+def understanding_config(model, block_length: int = 32, threshold: float = 0.95, steps: int | None = None,
+                         max_blocks: int = 4) -> SamplingConfig:
+    """The digits models' answers on the engine: block-causal blocks after the cached prefix,
+    threshold decoding (at most `steps` iterations per block, default block_length), stop at EOS,
+    mask / marker / BOS ids banned."""
+    return SamplingConfig(max_new_tokens=max_blocks * block_length, block_length=block_length, attention="block",
+                          cache="exact", policy=Threshold(threshold, steps or block_length), ban_ids=_banned(model))
+
+
+def understanding_engine(model, config: SamplingConfig | None = None, max_batch: int = 16) -> BatchEngine:
+    """A BatchEngine over the model's language model, for `understanding_requests`."""
+    return BatchEngine(model.language_model, config or understanding_config(model), max_batch=max_batch)
+
+
+def prefix_of(model, segments, ids: list[int], vit: list[torch.Tensor], mask: torch.Tensor | None = None) -> Prefix:
+    """A prefix of one sample's segments: embeddings from `LLaDAO.embed`, the layout's positions
+    and (unless given) its segment mask."""
+    layout: Layout = single(segments, device=model.language_model.device)
+    ids_t = torch.tensor([ids], device=layout.kind.device)
+    with torch.no_grad():
+        embeds = model.embed(ids_t, layout, [v.to(ids_t.device) for v in vit])[0]  # (P, D)
+    return Prefix(embeds, layout.position_ids[0], layout.mask[0, 0] if mask is None else mask)
+
+
+def image_question(model, codec: OB.PromptCodec, pixels: torch.Tensor | None, question: str) -> Prefix:
+    """The digits layout [head | image | question, header] as a prefix (causal text, full image)."""
     head, tail = codec.head(), codec.tail(question)
     segs, ids, vit = [text(len(head))], list(head), []
     if pixels is not None:
@@ -113,82 +111,112 @@ def prefill(model, codec: OB.PromptCodec, pixels: torch.Tensor | None, question:
         ids += [OB.IMG_START] + [0] * n + [OB.IMG_END]
         vit = [pixels]
     segs.append(text(len(tail)))
-    ids += tail
-    layout = single(segs)
-    x = embed_inputs(model, torch.tensor([ids]), layout, vit)
-    cache = PrefixCache(model.config.llm.n_layers)
-    model.language_model(inputs_embeds=x, attention_mask=layout.mask, position_ids=layout.position_ids,
-                         kv_cache=cache, compute_logits=False)
-    cache.next_position = positions(segs)[-1] + 1
-    return cache
+    return prefix_of(model, segs, ids + tail, vit)
 
 
-def _block_forward(model, cache: PrefixCache, block: torch.Tensor, append: bool) -> torch.Tensor:
-    """(Lb,) ids against the cache -> (Lb, V) logits; `append` stores the block's keys/values."""
-    Lb = block.shape[0]
-    cache.append = append
-    pos = torch.arange(cache.next_position, cache.next_position + Lb)[None]
-    out = model.language_model(block[None], position_ids=pos, kv_cache=cache, compute_logits=not append)
-    if append:
-        cache.next_position += Lb
-    return None if append else out.logits[0]
+def understanding_requests(model, tokenizer, images: list[np.ndarray | None], questions: list[str],
+                           settings: RowSettings | None = None, max_new_tokens: int | None = None) -> list[Request]:
+    """One engine Request per (image (H, W) in [0, 1] or None, question), for `understanding_engine`."""
+    codec, out = OB.PromptCodec(tokenizer), []
+    for image, question in zip(images, questions):
+        if not question or not question.strip():
+            raise ValueError("the question (prompt) is empty")
+        if image is not None and not model.can_see:
+            raise ValueError("this model has no vision encoder: it cannot look at an image")
+        pixels = prepare_image(image, model_image_size(model)) if image is not None else None
+        out.append(Request([], max_new_tokens, prefix=image_question(model, codec, pixels, question), settings=settings))
+    return out
 
 
-def _min_commit(n_masked: int, iters_left: int) -> int:
-    return max(1, math.ceil(n_masked / max(1, iters_left)))
-
-
-@torch.no_grad()
-def decode_block(model, cache: PrefixCache, block_length: int, threshold: float, steps: int, eos_id: int,
-                 banned: list[int], history: list | None = None, done: list[int] = ()) -> tuple[torch.Tensor, int]:
-    """Threshold decoding of one block of masks -> (block ids (Lb,), iterations)."""
-    mask_id = model.config.llm.mask_id
-    block = torch.full((block_length,), mask_id, dtype=torch.long)
-    max_iters, it = 2 * steps, 0
-    while (block == mask_id).any() and it < max_iters:
-        masked = block == mask_id
-        logits = _block_forward(model, cache, block, append=False)  # (Lb, V)
-        logits[:, banned] = -math.inf
-        conf, x0 = torch.softmax(logits, dim=-1).max(dim=-1)  # (Lb,)
-        conf = torch.where(masked, conf, -math.inf)
-        k = _min_commit(int(masked.sum()), max_iters - it)
-        commit = (conf >= threshold) & masked
-        commit[conf.topk(k).indices] = True
-        block[commit] = x0[commit]
-        it += 1
-        if history is not None:
-            history.append(list(done) + block.tolist())
-        eos = (block == eos_id).nonzero()
-        if len(eos) and not (block[: int(eos[0])] == mask_id).any():
-            break  # the answer is settled: everything before its first EOS is committed
-    if (block == mask_id).any():  # the budget ran out (only when steps < block_length / 2)
-        block = torch.where(block == mask_id, eos_id, block)
-    return block, it
+def run_recorded(engine: BatchEngine, requests: list[Request], record: bool = False):
+    """Run requests to completion -> (results in order, {id: canvas after each step} when recording)."""
+    ids = [engine.add(r) for r in requests]
+    done, history = {}, {i: [] for i in ids}
+    while engine.busy:
+        for r in engine.step():
+            done[r.id] = r
+            history[r.id].append(list(r.tokens))
+        if record:
+            for rid, canvas in engine.canvas().items():
+                history[rid].append(canvas)
+    return [done[i] for i in ids], history
 
 
 @torch.no_grad()
+def understand_many(model, tokenizer, images: list[np.ndarray | None], questions: list[str], block_length: int = 32,
+                    threshold: float = 0.95, steps: int | None = None, max_blocks: int = 4, record: bool = False,
+                    max_batch: int = 16) -> list[Answer]:
+    """Answer each question about its image in one engine batch."""
+    start, codec = time.time(), OB.PromptCodec(tokenizer)
+    requests = understanding_requests(model, tokenizer, images, questions)
+    engine = understanding_engine(model, understanding_config(model, block_length, threshold, steps, max_blocks),
+                                  max_batch)
+    results, history = run_recorded(engine, requests, record)
+    seconds, eos = (time.time() - start) / max(1, len(results)), model.config.llm.eos_id
+    answers = []
+    for r in results:
+        ids = r.tokens[:-1] if r.tokens and r.tokens[-1] == eos else r.tokens
+        answers.append(Answer(codec.decode(ids), ids, r.forwards, seconds, history[r.id] if record else []))
+    return answers
+
+
 def understand(model, tokenizer, image: np.ndarray | None, question: str, block_length: int = 32,
                threshold: float = 0.95, steps: int | None = None, max_blocks: int = 4,
                record: bool = False) -> Answer:
     """Answer `question` about `image` ((H, W) in [0, 1], or None for text only)."""
-    if not question or not question.strip():
-        raise ValueError("the question (prompt) is empty")
-    if image is not None and not model.can_see:
-        raise ValueError("this model has no vision encoder: it cannot look at an image")
-    start = time.time()
-    codec = OB.PromptCodec(tokenizer)
-    eos_id = model.config.llm.eos_id
-    steps = steps or block_length // 2
-    pixels = prepare_image(image, model_image_size(model)) if image is not None else None
-    cache = prefill(model, codec, pixels, question)
-    out, history, iters, banned = [], ([] if record else None), 0, _banned(model, tokenizer)
-    for _ in range(max_blocks):
-        block, n = decode_block(model, cache, block_length, threshold, steps, eos_id, banned, history, out)
-        iters += n
-        ids = block.tolist()
-        if eos_id in ids:
-            out += ids[: ids.index(eos_id)]
-            break
-        out += ids
-        _block_forward(model, cache, block, append=True)
-    return Answer(codec.decode(out), out, iters, time.time() - start, history or [])
+    return understand_many(model, tokenizer, [image], [question], block_length, threshold, steps, max_blocks,
+                           record, max_batch=1)[0]
+
+
+# --- the published layout and samplers ------------------------------------------------------------------
+
+
+def published_question(model, prompt_ids: list[int], pixels: torch.Tensor | None, markers: tuple[int, int]) -> Prefix:
+    """The published chat layout: [start_of_image, ViT patches, end_of_image] at ONE position (its
+    own split), then [bos] prompt [eos] (a split that sees the image and itself)."""
+    bos, eos = model.config.llm.bos_id, model.config.llm.eos_id
+    segs, ids, vit = [], [], []
+    if pixels is not None:
+        grid = model.vit.grid(pixels.shape[-2], pixels.shape[-1])
+        segs.append(vit_image(grid[0] * grid[1]))
+        ids += [markers[0]] + [0] * grid[0] * grid[1] + [markers[1]]
+        vit = [pixels]
+    words = [bos, *prompt_ids, eos]
+    segs.append(text(len(words), "full"))
+    splits = torch.tensor([0] * len(ids) + [1] * len(words))
+    return prefix_of(model, segs, ids + words, vit, split_mask(splits))
+
+
+def published_config(model, gen_length: int, block_length: int, steps: int, policy: str = "fixed",
+                     threshold: float = 0.95, cache: str = "none", temperature: float = 0.0) -> SamplingConfig:
+    """The published samplers' knobs on the engine. `steps` is the total over the answer (steps per
+    block = steps x block_length / gen_length). cache "none": `chat(use_cache=False)` (full
+    attention over [prefix | canvas]); "exact": `chat_block` (the prefix cached, block-causal
+    blocks that see it), stopping at an EOS."""
+    if gen_length <= 1 or gen_length % block_length:
+        raise ValueError(f"gen_length ({gen_length}) must be a multiple of block_length ({block_length}) and > 1")
+    n_blocks = gen_length // block_length
+    if steps <= 0 or steps % n_blocks:
+        raise ValueError(f"steps ({steps}) must be a positive multiple of the number of blocks ({n_blocks})")
+    per_block = steps // n_blocks
+    if policy == "threshold":  # at least the top-1 per step, every step (the published rule never forces a commit)
+        per_block = max(per_block, block_length)
+    attention = "block" if cache == "exact" else "full"
+    return SamplingConfig(max_new_tokens=gen_length - 1, block_length=block_length, attention=attention, cache=cache,
+                          policy=make_policy(policy, per_block, threshold=threshold), temperature=temperature,
+                          stop_at_eos=cache != "none")
+
+
+@torch.no_grad()
+def published_answer(model, prompt_ids: list[int], pixels: torch.Tensor | None, markers: tuple[int, int],
+                     gen_length: int, block_length: int, steps: int, policy: str = "fixed", threshold: float = 0.95,
+                     cache: str = "none", temperature: float = 0.0, seed: int | None = None) -> list[int]:
+    """The published chat's answer ids, its opening [bos] included (what `output_ids` records).
+    `prompt_ids`: the question's ids before the model's wrapping; `pixels` (3, H, W) in [-1, 1]
+    (the published ImageTransform's (x / 255 - 0.5) / 0.5) or None; `markers`: the
+    (start_of_image, end_of_image) ids (formats.lladao.image_marker_ids)."""
+    cfg = published_config(model, gen_length, block_length, steps, policy, threshold, cache, temperature)
+    request = Request([model.config.llm.bos_id], prefix=published_question(model, prompt_ids, pixels, markers),
+                      seed=seed)
+    result = BatchEngine(model.language_model, cfg, max_batch=1).run([request])[0]
+    return [model.config.llm.bos_id] + result.tokens

@@ -6,11 +6,13 @@ Everything is block diffusion over one vocabulary; images are the tokenizer's co
     understand(model, tok, image, "What digit is shown?")     the engine (exact cache, threshold
                                                                decoding, stop at EOS; SPRINT opt-in)
     respond(model, tok, "Draw the digits 3 and 5.")           free answers mixing text and images
+    engine = understanding_engine(model)                      what a server drives: image questions and
+    for r in understanding_requests(model, tok, images, qs):  free answers (free=True) batch together,
+        engine.add(r)                                         each row with its own bans
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -21,6 +23,7 @@ from ..data.uni_batches import UniCodec
 from .engine import BatchEngine, Request, SamplingConfig
 from .omni import prepare_image
 from .policies import Threshold
+from .rows import RowSettings
 
 
 @dataclass
@@ -58,24 +61,41 @@ def _text_ban(model) -> tuple[int, ...]:
     return tuple(i for i in [cfg.mask_id, cfg.bos_id, *image_ids] if i is not None)
 
 
-@torch.no_grad()
-def understand_many(model, tokenizer, images: list[np.ndarray | None], questions: list[str],
-                    config: SamplingConfig | None = None, max_batch: int = 16) -> list[UniAnswer]:
-    """Answer each question about its image (None: text only) through the batched engine."""
+def understanding_requests(model, tokenizer, images: list[np.ndarray | None], questions: list[str],
+                           config: SamplingConfig | None = None, free: bool = False,
+                           max_new_tokens: int | None = None) -> list[Request]:
+    """One engine Request per (image or None, question): the image's codes in the prompt, the
+    row's settings those of `config` (default `sampling_config()`) with its bans: an understanding
+    answer never holds image ids (`config.ban_ids` when set); a `free` answer (interleaved text
+    and images, thinking) bans only the mask. Both kinds batch in one engine (`understanding_engine`)."""
     for q in questions:
         if not q or not q.strip():
             raise ValueError("the question (prompt) is empty")
-    start, codec = time.time(), codec_of(model, tokenizer)
+    codec, cfg = codec_of(model, tokenizer), config or sampling_config()
+    ban = (model.config.llm.mask_id,) if free else (tuple(cfg.ban_ids) or _text_ban(model))
+    settings = RowSettings.of(cfg).replace(ban_ids=ban)
     seen = [im for im in images if im is not None]
     codes = iter(encode_images(model, seen)) if seen else iter(())
     requests = []
     for im, q in zip(images, questions):
         prompt = codec.user(q, next(codes) if im is not None else None)
-        requests.append(Request(prompt, image_mask=model.config.vocab.is_image(prompt)))
-    cfg = config or sampling_config()
-    if not cfg.ban_ids:
-        cfg = dataclasses.replace(cfg, ban_ids=_text_ban(model))
-    results = BatchEngine(model.backbone, cfg, max_batch).run(requests)
+        requests.append(Request(prompt, max_new_tokens, image_mask=model.config.vocab.is_image(prompt),
+                                settings=settings))
+    return requests
+
+
+def understanding_engine(model, config: SamplingConfig | None = None, max_batch: int = 16) -> BatchEngine:
+    """A BatchEngine over the Uni backbone, for `understanding_requests`."""
+    return BatchEngine(model.backbone, config or sampling_config(), max_batch)
+
+
+@torch.no_grad()
+def understand_many(model, tokenizer, images: list[np.ndarray | None], questions: list[str],
+                    config: SamplingConfig | None = None, max_batch: int = 16, free: bool = False) -> list[UniAnswer]:
+    """Answer each question about its image (None: text only) in one engine batch."""
+    start, codec = time.time(), codec_of(model, tokenizer)
+    requests = understanding_requests(model, tokenizer, images, questions, config, free)
+    results = understanding_engine(model, config, max_batch).run(requests)
     seconds, eos = (time.time() - start) / max(1, len(results)), model.config.llm.eos_id
     answers = [r.tokens[:-1] if r.tokens and r.tokens[-1] == eos else r.tokens for r in results]  # EOS dropped
     return [UniAnswer(codec.decode(ids), ids, r.forwards, seconds) for ids, r in zip(answers, results)]
@@ -92,9 +112,8 @@ def respond_many(model, tokenizer, texts: list[str], images: list[np.ndarray | N
     """Free answers (interleaved text and images, or thinking before an image), batched through the
     engine; each answer's text shows its images as "[image]" and its `images` are decoded (an image
     span that does not parse shows as "[unreadable image]")."""
-    cfg = config or sampling_config(max_new_tokens)
-    free = dataclasses.replace(cfg, ban_ids=(model.config.llm.mask_id,))  # text and image ids alike
-    answers = understand_many(model, tokenizer, images or [None] * len(texts), texts, free)
+    answers = understand_many(model, tokenizer, images or [None] * len(texts), texts,
+                              config or sampling_config(max_new_tokens), free=True)  # text and image ids alike
     parsed = [parse_answer(model, tokenizer, ans.ids) for ans in answers]
     from .image import decode_codes  # image.py builds on this module
 
