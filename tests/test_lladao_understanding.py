@@ -7,23 +7,10 @@ import dataclasses
 import pytest
 import torch
 
-from omnidlm.formats.lladao import load_lladao
 from omnidlm.sequence.masks import FULL
 from omnidlm.sequence.segments import single, text, vit_image
 
-from conftest import FIXTURES, reference
-
-PATH = FIXTURES / "lladao-tiny"
-
-
-@pytest.fixture(scope="module")
-def model():
-    return load_lladao(PATH).eval()
-
-
-@pytest.fixture(scope="module")
-def ref():
-    return reference("lladao-tiny")
+from test_lladao_published_draw import PATH, model, ref  # noqa: F401 (the fixture model and its record)
 
 
 def pixels(case) -> torch.Tensor:
