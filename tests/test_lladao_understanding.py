@@ -92,3 +92,24 @@ def test_the_uncached_chat_layout_is_one_full_split(model, ref):
                               split_modes=torch.full_like(lay.split_modes, FULL))
     full = model(torch.tensor([ids]), lay, vit_images=[px]).logits[0, 20:]
     torch.testing.assert_close(seen[-1].logits[0, 20:], full, atol=1e-5, rtol=1e-5)  # after the 20 prefix rows
+
+
+@torch.no_grad()
+def test_the_cached_chat_block_layout_is_split_by_split(model, ref):
+    """The engine's first block step with the prefix in the KVCache gives the logits of one forward
+    over [image | bos question eos | bos masks] with three splits (a split sees the earlier splits
+    and itself fully), what chat_block's cache updates and block step compute."""
+    from omnidlm.sampling.engine import BatchEngine, Request
+    from omnidlm.sampling.omni import published_config, published_question
+
+    px, (start, end) = pixels(ref["understanding_train"]), markers()
+    cfg = published_config(model, gen_length=8, block_length=4, steps=8, policy="threshold", cache="exact")
+    engine = BatchEngine(model.language_model, cfg, max_batch=1)
+    seen, forward = [], engine.forward
+    engine.forward = lambda *a, **kw: seen.append(forward(*a, **kw)) or seen[-1]
+    engine.add(Request([500], prefix=published_question(model, QUESTION, px, (start, end))))
+    engine.step()
+    assert len(seen) == 2  # the prefill, then the first block against the cache
+    ids = [start] + [0] * 12 + [end, 500, *QUESTION, 501, 500] + [511] * 3
+    full = model(torch.tensor([ids]), single([vit_image(12), text(6, "full"), text(4, "full")]), vit_images=[px])
+    torch.testing.assert_close(seen[-1].logits[0], full.logits[0, 20:], atol=1e-5, rtol=1e-5)
