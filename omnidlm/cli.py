@@ -1,7 +1,8 @@
 """The `omnidlm` command line: one entry point, one module per subcommand.
 
 Each module in COMMANDS has `register(subparsers)` (adds its parser and sets `func`) and is
-imported only when the command line is built, so `omnidlm --help` stays quick.
+imported only when the command line is built, so `omnidlm --help` stays quick. Every parser
+shows each flag's default in its help (`commands/args.py`); `omnidlm --version` prints the version.
 """
 
 from __future__ import annotations
@@ -26,10 +27,16 @@ COMMANDS = [
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+    from .commands.args import DefaultsHelpFormatter
+
     parser = argparse.ArgumentParser(prog="omnidlm", description="Diffusion language models of the LLaDA family.")
+    parser.add_argument("--version", action="version", version=f"omnidlm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
         importlib.import_module(name).register(sub)
+    for command in sub.choices.values():
+        command.formatter_class = DefaultsHelpFormatter
     return parser
 
 

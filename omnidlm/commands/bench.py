@@ -18,6 +18,8 @@ import json
 import sys
 from pathlib import Path
 
+from .args import device, nonnegative_int, positive_float, positive_int, probability, shipped_model
+
 
 def register(sub) -> None:
     p = sub.add_parser("bench", help="benchmark the inference engine against the reference sampler")
@@ -25,19 +27,19 @@ def register(sub) -> None:
     p.add_argument("--systems", default=None, metavar="LIST",
                    help="compare omni systems on the held-out digits instead, e.g. lladao,uni "
                         "(models from --lladao-model / --uni-model)")
-    p.add_argument("--lladao-model", default="models/lladao-digits")
-    p.add_argument("--uni-model", default="models/uni-digits")
-    p.add_argument("--per-digit", type=int, default=5, help="--systems: drawings per digit")
-    p.add_argument("--n", type=int, default=100, help="held-out examples")
-    p.add_argument("--max-new-tokens", type=int, default=96)
-    p.add_argument("--threshold", type=float, default=0.9, help="tau of the threshold policy")
-    p.add_argument("--factor", type=float, default=1.0, help="f of the factor policy")
-    p.add_argument("--batch", type=int, default=8, help="batch size of the batched row (0: none)")
-    p.add_argument("--sprint", type=float, default=None, metavar="KEEP",
+    p.add_argument("--lladao-model", default=shipped_model("lladao-digits"), help="--systems: the LLaDA-o model")
+    p.add_argument("--uni-model", default=shipped_model("uni-digits"), help="--systems: the Uni model")
+    p.add_argument("--per-digit", type=positive_int, default=5, help="--systems: drawings per digit")
+    p.add_argument("--n", type=positive_int, default=100, help="held-out examples")
+    p.add_argument("--max-new-tokens", type=positive_int, default=96, help="upper bound of each answer")
+    p.add_argument("--threshold", type=probability, default=0.9, help="tau of the threshold policy")
+    p.add_argument("--factor", type=positive_float, default=1.0, help="f of the factor policy")
+    p.add_argument("--batch", type=nonnegative_int, default=8, help="batch size of the batched row (0: none)")
+    p.add_argument("--sprint", type=probability, default=None, metavar="KEEP",
                    help="add a SPRINT row keeping this fraction of the prompt's cache")
     p.add_argument("--quantize", choices=["int8"], default=None,
                    help="add the fast row on weight-only int8 linears (CPU): tokens/s and exact-match change")
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--threads", type=nonnegative_int, default=1,
                    help="torch CPU threads (default 1: tiny models run fastest and steadiest on one; "
                         "0: torch's default)")
     p.add_argument("--serve", action="store_true",
@@ -47,15 +49,15 @@ def register(sub) -> None:
     p.add_argument("--random-weights", action="store_true", help="--shape: build the model with random weights")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="--shape: weight dtype")
     p.add_argument("--batch-sizes", default="1", metavar="LIST", help="--shape: batch sizes, e.g. 1,8")
-    p.add_argument("--prompt-length", type=int, default=64, help="--shape: prompt tokens")
-    p.add_argument("--gen-length", type=int, default=256, help="--shape: answer tokens")
-    p.add_argument("--block-length", type=int, default=32, help="--shape: block length")
-    p.add_argument("--steps", type=int, default=8, help="--shape: denoising steps per block (cost growth)")
-    p.add_argument("--repeats", type=int, default=5, help="--shape: timed repetitions (the median is kept)")
+    p.add_argument("--prompt-length", type=positive_int, default=64, help="--shape: prompt tokens")
+    p.add_argument("--gen-length", type=positive_int, default=256, help="--shape: answer tokens")
+    p.add_argument("--block-length", type=positive_int, default=32, help="--shape: block length")
+    p.add_argument("--steps", type=positive_int, default=8, help="--shape: denoising steps per block (cost growth)")
+    p.add_argument("--repeats", type=positive_int, default=5, help="--shape: timed repetitions (the median is kept)")
     p.add_argument("--gen-lengths", default=None, metavar="LIST",
                    help="--shape: ms per generated token for cache none/exact/approx at these answer lengths")
     p.add_argument("--prompt-lengths", default="64", metavar="LIST", help="--shape: prompt lengths of --gen-lengths")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", type=device, default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the rows as JSON")
     p.set_defaults(func=run)
 
@@ -67,8 +69,6 @@ def run(args) -> int:
     from ..eval.bench import BenchSettings, format_table, run_bench
     from ..sequence.tokenizer import Tokenizer
 
-    if args.n <= 0:
-        raise ValueError(f"--n must be positive, got {args.n}")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.systems:

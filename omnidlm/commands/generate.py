@@ -11,7 +11,7 @@ The engine's output has the sampler's shape, so `--cache exact` reproduces `--sa
 
 With `--json` it prints one object whose `output_ids` are what the sampler returns (LLaDA: the
 generated part after the prompt; LLaDA2: the tokens after the prompt, cut after the first EOS),
-plus timings (and the engine's forward count).
+plus timings (and the engine's forward count). The printed `text` stops at the first EOS.
 """
 
 from __future__ import annotations
@@ -20,9 +20,11 @@ import json
 import time
 from pathlib import Path
 
+from .args import device, nonnegative_float, nonnegative_int, positive_float, positive_int, probability, seed
+
 
 def register(sub) -> None:
-    p = sub.add_parser("generate", help="generate text with a reference sampler")
+    p = sub.add_parser("generate", help="generate text with a reference sampler or the inference engine")
     p.add_argument("--model", required=True, help="checkpoint directory")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="prompt text (chat-templated unless --raw)")
@@ -30,22 +32,28 @@ def register(sub) -> None:
     p.add_argument("--raw", action="store_true", help="do not apply the chat template to --prompt")
     p.add_argument("--sampler", choices=["llada", "llada2"], default=None,
                    help="llada: fixed steps, full canvas; llada2: block-causal threshold (default: by model)")
-    p.add_argument("--steps", type=int, default=None, help="denoising steps (llada: total; llada2: per block)")
-    p.add_argument("--gen-length", type=int, default=128)
-    p.add_argument("--block-length", type=int, default=None)
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--cfg-scale", type=float, default=0.0)
-    p.add_argument("--remasking", choices=["low_confidence", "random"], default="low_confidence")
-    p.add_argument("--threshold", type=float, default=0.95, help="acceptance threshold (llada2, policy threshold)")
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="denoising steps (llada: total, default the gen length; llada2: per block, "
+                        "default the block length)")
+    p.add_argument("--gen-length", type=positive_int, default=128, help="tokens generated after the prompt")
+    p.add_argument("--block-length", type=positive_int, default=None,
+                   help="semi-autoregressive block (default: llada the gen length, llada2 the model's block size)")
+    p.add_argument("--temperature", type=nonnegative_float, default=0.0, help="0: greedy")
+    p.add_argument("--cfg-scale", type=nonnegative_float, default=0.0,
+                   help="classifier-free guidance scale of the llada sampler (0: off)")
+    p.add_argument("--remasking", choices=["low_confidence", "random"], default="low_confidence",
+                   help="which masked tokens the llada sampler commits first")
+    p.add_argument("--threshold", type=probability, default=0.95,
+                   help="acceptance threshold (llada2, policy threshold)")
     p.add_argument("--cache", choices=["none", "exact", "approx"], default=None,
                    help="run the engine with this cache mode (exact: block-causal only)")
     p.add_argument("--policy", choices=["fixed", "threshold", "factor"], default=None,
                    help="run the engine with this commit policy")
-    p.add_argument("--factor", type=float, default=1.0, help="f of the factor policy")
-    p.add_argument("--mask-id", type=int, default=None, help="mask token id, when the config lacks it")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--tensor-parallel", type=int, default=1, metavar="N",
+    p.add_argument("--factor", type=positive_float, default=1.0, help="f of the factor policy")
+    p.add_argument("--mask-id", type=nonnegative_int, default=None, help="mask token id, when the config lacks it")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the sampling noise")
+    p.add_argument("--device", type=device, default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--tensor-parallel", type=positive_int, default=1, metavar="N",
                    help="shard the model over N processes started by torchrun --nproc_per_node N")
     p.add_argument("--quantize", choices=["none", "int8"], default="none", help="int8: weight-only int8 linears (CPU)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -130,6 +138,12 @@ def prepare(model, args):
     return model
 
 
+def until_eos(ids: list[int], eos_id: int | None) -> list[int]:
+    """The answer a reader sees: ids up to the first EOS (the LLaDA sampler pads with EOS and may
+    write past it; `output_ids` keep everything it returned)."""
+    return ids[: ids.index(eos_id)] if eos_id is not None and eos_id in ids else ids
+
+
 def run(args) -> int:
     from .. import load
     from ..sequence.tokenizer import Tokenizer
@@ -146,7 +160,7 @@ def run(args) -> int:
     done = time.perf_counter()
     if getattr(args, "rank", 0) != 0:
         return 0  # every rank sampled the same tokens; one prints them
-    text = tokenizer.decode(out) if tokenizer else None
+    text = tokenizer.decode(until_eos(out, model.config.eos_id)) if tokenizer else None
     if args.json:
         timings = {"load_s": loaded - start, "generate_s": done - loaded,
                    "tokens_per_s": len(out) / max(done - loaded, 1e-9)}
