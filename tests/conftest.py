@@ -1,17 +1,43 @@
-"""Shared test fixtures: the parity checkpoints copied from shared/fixtures (read-only data)."""
+"""Shared test fixtures: the parity checkpoints copied from shared/fixtures (read-only data), one thread,
+and a sandbox for every cache and subprocess temp file (removed at the end)."""
 
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
 FIXTURES = Path(__file__).parent / "data" / "fixtures"
+SANDBOX: Path | None = None
 LLADA2_MASK_ID = 380  # the llada2 fixture's config.json names no mask id; reference.json does
 
 
 def pytest_configure(config):
     torch.set_num_threads(1)  # the CI machine has 2 cores shared with other work; 1 thread is faster here
+    config.addinivalue_line("markers", "chromium: needs Debian's chromium and chromium-driver (skipped without)")
+    sandbox_caches()
+
+
+def sandbox_caches():
+    """Nothing outside tmp directories: caches (HF datasets, hub, matplotlib) and the temp files of
+    subprocesses (torchrun's torchelastic_* folders) go to one directory removed at the end."""
+    global SANDBOX
+    tempfile.gettempdir()  # pin this process's temp dir (pytest's tmp_path) before TMPDIR changes
+    SANDBOX = Path(tempfile.mkdtemp(prefix="omnidlm-tests-"))
+    for var, sub in (("HF_HOME", "hf"), ("HF_DATASETS_CACHE", "hf/datasets"), ("MPLCONFIGDIR", "mpl"),
+                     ("TMPDIR", "tmp")):
+        (SANDBOX / sub).mkdir(parents=True, exist_ok=True)
+        os.environ[var] = str(SANDBOX / sub)
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def pytest_unconfigure(config):
+    if SANDBOX is not None:
+        shutil.rmtree(SANDBOX, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

@@ -14,6 +14,8 @@ Importing this module registers the model; this module is also a drop-in for lm-
 
 from __future__ import annotations
 
+import sys
+
 import torch
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
@@ -24,17 +26,42 @@ from ..sequence.tokenizer import Tokenizer
 from .likelihood import loglikelihood
 
 
+def likelihood_batches(mc_num, mc_batch) -> tuple[int, int]:
+    """(mc_num, mc_batch): mc_batch defaults to min(16, mc_num) and must divide mc_num."""
+    mc_num = int(mc_num)
+    mc_batch = min(16, mc_num) if mc_batch is None else int(mc_batch)
+    if mc_num < 1 or mc_batch < 1 or mc_num % mc_batch:
+        raise ValueError(f"mc_num ({mc_num}) must be a positive multiple of mc_batch ({mc_batch})")
+    return mc_num, mc_batch
+
+
+def resolve_device(device: str | None) -> str:
+    """lm-eval passes its own default, cuda, even on a machine without a GPU: use the CPU there
+    (and say so), as lm-eval's own HF model does."""
+    if device is None or (str(device).startswith("cuda") and not torch.cuda.is_available()):
+        if device is not None:
+            print(f"omnidlm lm-eval adapter: device {device} requested but there is no GPU; using cpu",
+                  file=sys.stderr)
+        return "cuda" if device is None and torch.cuda.is_available() else "cpu"
+    return str(device)
+
+
 @register_model("omnidlm")
 class OmnidlmLM(LM):
-    def __init__(self, pretrained: str, mc_num: int = 64, mc_batch: int = 16, max_gen_toks: int = 256,
-                 threshold: float = 0.9, chat: bool = False, device: str = "cpu", batch_size: int = 8, **_):
+    def __init__(self, pretrained: str, mc_num: int = 64, mc_batch: int | None = None, max_gen_toks: int = 256,
+                 threshold: float = 0.9, chat: bool = False, device: str | None = None, batch_size=8, **_):
         super().__init__()
         from .. import load
 
-        self.model = load(pretrained, device=device)
+        self.mc_num, self.mc_batch = likelihood_batches(mc_num, mc_batch)
+        self.max_gen_toks, self.threshold = int(max_gen_toks), float(threshold)
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+        self.chat = chat if isinstance(chat, bool) else str(chat).lower() in ("1", "true", "yes")
+        self.batch = 8 if str(batch_size).startswith("auto") else int(batch_size)
+        self._device = resolve_device(device)  # LM.device reads it
+        self.model = load(pretrained, device=self._device)
         self.tokenizer = Tokenizer.from_file(pretrained)
-        self.mc_num, self.mc_batch, self.max_gen_toks = int(mc_num), int(mc_batch), int(max_gen_toks)
-        self.threshold, self.chat, self.batch = float(threshold), bool(chat), int(batch_size)
 
     def _encode_context(self, text: str) -> list[int]:
         if self.chat:
@@ -43,7 +70,7 @@ class OmnidlmLM(LM):
 
     def loglikelihood(self, requests) -> list[tuple[float, bool]]:
         out = []
-        generator = torch.Generator().manual_seed(0)
+        generator = torch.Generator(device=self.model.device).manual_seed(0)
         for request in requests:
             context, continuation = request.args
             answer = self.tokenizer.encode(continuation)
@@ -53,7 +80,7 @@ class OmnidlmLM(LM):
         return out
 
     def loglikelihood_rolling(self, requests) -> list[float]:
-        generator = torch.Generator().manual_seed(0)
+        generator = torch.Generator(device=self.model.device).manual_seed(0)
         return [loglikelihood(self.model, [], self.tokenizer.encode(r.args[0]), mc_num=self.mc_num,
                               batch_size=self.mc_batch, generator=generator) for r in requests]
 
