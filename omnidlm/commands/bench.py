@@ -4,6 +4,7 @@
     omnidlm bench --model models/text-tiny --n 200 --sprint 0.75 --json bench.json
     omnidlm bench --model models/text-tiny --serve        # the HTTP server at 1, 4, 16 and 32 clients
     omnidlm bench --systems lladao,uni                    # LLaDA-o against LLaDA2.0-Uni on held-out digits
+    omnidlm bench --model models/text-tiny --sweep threshold=0.5,0.7,0.9,0.95,0.99 --plot tradeoff.png
     omnidlm bench --shape llada-60m --random-weights      # forwards at a real shape against their ceiling
     omnidlm bench --shape llada-60m --random-weights --gen-lengths 256,512,1024,2048 --prompt-lengths 64,1024,4096
 
@@ -14,6 +15,7 @@ tokens, speedup over the reference row); with `--json FILE` also writes
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -58,8 +60,23 @@ def register(sub) -> None:
                    help="--shape: ms per generated token for cache none/exact/approx at these answer lengths")
     p.add_argument("--prompt-lengths", default="64", metavar="LIST", help="--shape: prompt lengths of --gen-lengths")
     p.add_argument("--device", type=device, default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--sweep", type=sweep, default=None, metavar="KEY=V1,V2,...",
+                   help="instead of the policy x cache grid, one fast threshold row per value of threshold "
+                        "or block_length (e.g. threshold=0.5,0.7,0.9,0.95,0.99), interleaved with the reference")
+    p.add_argument("--plot", default=None, metavar="FILE",
+                   help="with --sweep: draw accuracy against tokens/s (e.g. tradeoff.png)")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the rows as JSON")
     p.set_defaults(func=run)
+
+
+def sweep(text: str) -> tuple[str, tuple]:
+    """`threshold=0.5,0.9` -> ("threshold", (0.5, 0.9)); `block_length=8,16,32` -> integers."""
+    key, _, values = text.partition("=")
+    key = key.strip().replace("-", "_")
+    if key not in ("threshold", "block_length") or not values.strip():
+        raise argparse.ArgumentTypeError(f"must be threshold=V1,V2,... or block_length=V1,V2,..., got {text!r}")
+    kind = probability if key == "threshold" else positive_int
+    return key, tuple(kind(v.strip()) for v in values.split(",") if v.strip())
 
 
 def run(args) -> int:
@@ -81,9 +98,11 @@ def run(args) -> int:
     model = load(args.model, device=args.device)
     if args.serve:
         return run_serve(model, tokenizer, args)
+    if args.plot and not args.sweep:
+        raise ValueError("--plot draws a sweep: add --sweep threshold=... or --sweep block_length=...")
     settings = BenchSettings(n=args.n, max_new_tokens=args.max_new_tokens, threshold=args.threshold,
                              factor=args.factor, batch=args.batch, sprint_keep=args.sprint,
-                             quantize=args.quantize)
+                             quantize=args.quantize, sweep=args.sweep)
     rows = run_bench(model, tokenizer, settings, progress=lambda m: print(m, file=sys.stderr))
     print(f"model {args.model}, {args.n} held-out examples, max_new_tokens {args.max_new_tokens}, "
           f"block {model.config.block_size}, {torch.get_num_threads()} threads, device {args.device}")
@@ -92,6 +111,12 @@ def run(args) -> int:
         meta = {"model": str(args.model), "n": args.n, "max_new_tokens": args.max_new_tokens,
                 "block_length": model.config.block_size, "threads": torch.get_num_threads(), "device": args.device}
         Path(args.json).write_text(json.dumps({"rows": rows, **meta}, indent=2))
+    if args.plot:
+        from ..eval.plots import tradeoff_png
+
+        tradeoff_png(rows, args.sweep[0], args.plot, title=f"{Path(args.model).name}: accuracy against speed, "
+                                                           f"{args.n} held-out examples")
+        print(args.plot)
     return 0
 
 

@@ -39,6 +39,7 @@ class BenchSettings:
     batch: int = 8  # the batched row's batch size (0: no batched row)
     sprint_keep: float | None = None  # add a SPRINT row keeping this fraction of the prompt
     quantize: str | None = None  # "int8": add the fast row on weight-only int8 linears (nn/quantize.py)
+    sweep: tuple[str, tuple] | None = None  # ("threshold" | "block_length", values): one fast row per value
     chunk: int = 8  # examples per interleaving chunk
 
 
@@ -85,9 +86,32 @@ def engine_runner(model, cfg: SamplingConfig, batch: int):
     return run
 
 
+SWEEPS = ("threshold", "block_length")
+
+
+def sweep_rows(model, s: BenchSettings) -> list[Row]:
+    """One threshold-policy row (fast cache, batch 1) per value of the swept setting."""
+    key, values = s.sweep
+    if key not in SWEEPS:
+        raise ValueError(f"--sweep: unknown setting {key!r}; valid: {', '.join(SWEEPS)}")
+    cfg = model.config
+    fast = "exact" if cfg.attention == "block" else "approx"
+    rows = []
+    for value in values:
+        tau, block = (float(value), cfg.block_size) if key == "threshold" else (s.threshold, int(value))
+        sc = SamplingConfig(max_new_tokens=s.max_new_tokens, block_length=block, cache=fast,
+                            policy=Threshold(tau, block))
+        rows.append(Row(f"{key}={value:g}", "threshold", fast, 1, engine_runner(model, sc, 1),
+                        extra={"threshold": tau, "block_length": block, "sweep": key}))
+    return rows
+
+
 def make_rows(model, s: BenchSettings) -> list[Row]:
-    """The reference, then policy x cache rows (batch 1), then SPRINT and batched rows."""
+    """The reference, then policy x cache rows (batch 1), then SPRINT and batched rows; with a
+    sweep, the reference then one row per swept value."""
     cfg, G = model.config, s.max_new_tokens
+    if s.sweep is not None:
+        return [Row("reference", "fixed", "none", 1, reference_runner(model, G, cfg.block_size))] + sweep_rows(model, s)
     bl, block_model = cfg.block_size, cfg.attention == "block"
     fast = "exact" if block_model else "approx"
     grid = [("fixed", fast), ("threshold", "none"), ("threshold", fast), ("factor", fast)]
