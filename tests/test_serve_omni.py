@@ -81,3 +81,29 @@ def test_bad_images_and_sizes_are_clear_400s(served):
         client.images.generate(model="lladao-digits", prompt="a handwritten digit 1", size="1024x1024")
     with pytest.raises(openai.UnprocessableEntityError, match="prompt"):
         client.images.generate(model="lladao-digits", prompt="")
+
+
+def test_image_questions_batch_on_the_engine(served):
+    import asyncio
+
+    import httpx
+
+    url, _, model = served
+    images, labels = digit_images("heldout", size=32)
+    rows = []  # the batch size of each language-model forward
+    hook = model.language_model.register_forward_pre_hook(
+        lambda m, args, kw: rows.append(len(kw["inputs_embeds"] if kw.get("inputs_embeds") is not None else args[0])),
+        with_kwargs=True)
+
+    async def ask_all():
+        async with httpx.AsyncClient(timeout=120) as http:
+            return await asyncio.gather(*[http.post(url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": data_url(images[i])}},
+                {"type": "text", "text": "What digit is shown?"}]}], "n": 2}) for i in range(6)])
+
+    replies = asyncio.run(ask_all())
+    hook.remove()
+    answers = [[c["message"]["content"] for c in r.json()["choices"]] for r in replies]
+    assert all(a[0] == a[1] for a in answers)  # greedy: both choices agree
+    assert sum(a[0] == WORDS[label] for a, label in zip(answers, labels[:6])) >= 5, answers
+    assert max(rows) >= 2  # questions shared forwards

@@ -62,8 +62,7 @@ class Session:
         self.image = None
         self.drawn = 0
         self.threshold = backend.default_threshold if args.threshold is None else args.threshold
-        if backend.batched:
-            self.engine = BatchEngine(backend.engine_model, backend.engine_config(backend.config.block_size), max_batch=1)
+        self.engine = BatchEngine(backend.engine_model, backend.engine_config(backend.config.block_size), max_batch=1)
 
     def command(self, line: str) -> None:
         """`/image FILE` or `/draw PROMPT`."""
@@ -92,11 +91,6 @@ class Session:
     def say(self, line: str) -> None:
         self.messages.append({"role": "user", "content": line})
         images, self.image = ([self.image] if self.image is not None else []), None
-        if not self.backend.batched:  # answered whole by the system's own sampler
-            answer = self.backend.answer(line, images[-1] if images else None, None, self.threshold)
-            self.out.write(answer.text + "\n")
-            self.messages.append({"role": "assistant", "content": answer.text})
-            return
         prompt = self.backend.chat_prompt(self.messages, images)
         budget = min(self.args.max_tokens, self.backend.config.max_seq_len - prompt.length)
         if budget <= 0:

@@ -46,8 +46,8 @@ def bench_serve(model, tokenizer, levels=(1, 4, 16, 32), requests_per_level: int
     try:
         sees = "see" in app.state.server.backend.capabilities
         examples = image_questions(requests_per_level) if sees else heldout(requests_per_level)
-        if sees and not app.state.server.backend.batched:
-            max_tokens = None  # answered by the system's own sampler: its answer length
+        if sees:
+            max_tokens = None  # the system's own answer length
         asyncio.run(_load(url, examples[:2], 1, max_tokens))  # warm-up
         return [asyncio.run(_load(url, examples, c, max_tokens)) for c in levels]
     finally:

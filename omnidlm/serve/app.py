@@ -34,7 +34,6 @@ from .schemas import ChatRequest, CompletionRequest, stop_strings
 __all__ = ["APIError", "Limits", "Server", "create_app"]
 
 WEB_PAGE = Path(__file__).parent / "web" / "index.html"
-JOB_UNSUPPORTED = ("max_tokens", "temperature", "top_p", "seed", "stop", "steps", "cfg_scale")
 
 
 def create_app(model, tokenizer, name: str = "omnidlm", max_batch: int = 8, max_queue: int = 64,
@@ -63,7 +62,7 @@ class Server:
         self.backend, self.name = backend, name
         self.model, self.tokenizer, self.config = backend.model, backend.tokenizer, backend.config
         self.scheduler, self.metrics, self.limits = scheduler, metrics, limits
-        drawn = "draw" in backend.capabilities or not backend.batched
+        drawn = "draw" in backend.capabilities
         self.jobs = JobRunner(backend.model, max_queue=scheduler.max_queue) if drawn else None
 
     def health(self) -> dict:
@@ -283,8 +282,6 @@ def install_text_routes(app: FastAPI, server: Server) -> None:
         check_model(body.model, server.name)
         refuse_unsupported(body, ("cfg_scale",), "/v1/chat/completions")
         messages, images = await asyncio.to_thread(server.chat_messages, body)
-        if not backend.batched:
-            return await answer_by_job(server, "chat.completion", messages, images, body)
         interleave = "image" in (body.modalities or ())
         if interleave and "interleave" not in backend.capabilities:
             raise APIError(400, f"model {server.name!r} does not answer with images", "modalities")
@@ -299,29 +296,9 @@ def install_text_routes(app: FastAPI, server: Server) -> None:
     async def completions(body: CompletionRequest, request: Request):
         check_model(body.model, server.name)
         refuse_unsupported(body, ("cfg_scale",), "/v1/completions")
-        if not backend.batched:
-            return await answer_by_job(server, "text_completion", [{"role": "user", "content": body.prompt}], [], body)
         prompt = await server.prompt(lambda: backend.completion_prompt(body.prompt), len(body.prompt), "prompt")
         settings = server.settings(body, prompt, "prompt")
         return await respond(server, "text_completion", prompt, settings, body, request)
-
-
-async def answer_by_job(server: Server, kind: str, messages, images, body):
-    """A system whose answers are image-worker jobs: one answer, whole (streamed as one chunk)."""
-    route = "/v1/chat/completions" if kind == "chat.completion" else "/v1/completions"
-    refuse_unsupported(body, JOB_UNSUPPORTED, route)
-    if body.n != 1:
-        raise APIError(400, f"n is not supported by {route} on this model (one answer per request)", "n")
-    server.check_block(body)
-    question = next(m["content"] for m in reversed(messages) if m["role"] == "user")
-    answer = await server.run_job(server.backend.answer, question, images[-1] if images else None,
-                                  body.block_length, body.threshold)
-    server.metrics.tokens_generated += len(answer.ids)
-    prompt_tokens = len(server.tokenizer.encode(question))
-    out = completion_body(server, kind, [(answer.text, "stop", answer.ids)], prompt_tokens)
-    if body.stream and kind == "chat.completion":
-        return StreamingResponse(one_event_stream(out), media_type="text/event-stream")
-    return out
 
 
 def completion_body(server: Server, kind: str, outputs, prompt_tokens: int, images=None) -> dict:
@@ -339,16 +316,6 @@ def completion_body(server: Server, kind: str, outputs, prompt_tokens: int, imag
              "total_tokens": prompt_tokens + completion_tokens}
     return {"id": f"omnidlm-{uuid.uuid4().hex[:12]}", "object": kind, "created": int(time.time()),
             "model": server.name, "choices": choices, "usage": usage}
-
-
-def one_event_stream(body: dict):
-    """A whole answer as one chat.completion.chunk, a final chunk, then [DONE]."""
-    text = body["choices"][0]["message"]["content"]
-    for delta, reason in ((text, None), ("", "stop")):
-        chunk = {**body, "object": "chat.completion.chunk",
-                 "choices": [{"index": 0, "delta": {"role": "assistant", "content": delta}, "finish_reason": reason}]}
-        yield f"data: {json.dumps(chunk)}\n\n"
-    yield "data: [DONE]\n\n"
 
 
 async def cancel_on_disconnect(request: Request, work: asyncio.Future, every_s: float = 0.25) -> None:

@@ -13,8 +13,8 @@
 - LLaDA-V: the published prompt and sampler (full attention, fixed steps, its banned ids, text up
   to <|eot_id|>); the whole prompt, image features included, is the engine request's prefix, so
   image questions batch too.
-- LLaDA-o: answers through its own understanding sampler, one request at a time in the image worker
-  (`jobs.JobRunner`) until its image prefix runs on the engine.
+- LLaDA-o: the image question is the request's prefix (ViT features, its segment mask), prefilled
+  once; the answer decodes on the engine like every other system's.
 Drawing and editing are whole-call jobs for every system that draws.
 """
 
@@ -43,7 +43,6 @@ class Prompt:
 class TextBackend:
     """A text system: chat through the tokenizer's template, no images."""
 
-    batched = True  # text answers run on the scheduler's engine
     default_threshold: float | None = 0.9  # None: fixed steps per block
     default_max_tokens: int | None = None  # None: all the room the model has left
     image_mode = "L"  # how images of requests are read (PIL mode)
@@ -132,21 +131,38 @@ class UniBackend(TextBackend):
 
 
 class LLaDAOBackend(TextBackend):
-    """LLaDA-o: its understanding sampler over a prefilled image prefix, and the flow drawings."""
+    """LLaDA-o: the image question [head | image | question, header] is the request's prefix
+    (`sampling/omni.py` understanding_requests), prefilled once; answers decode in block-causal
+    blocks on the engine, so image questions batch with each other."""
 
-    batched = False  # answers are image-worker jobs (see the module docstring)
     default_threshold = 0.95
+    default_max_tokens = 128  # 4 blocks of 32: the digits models' answers
 
     def __init__(self, model, tokenizer):
         super().__init__(model, tokenizer)
-        self.engine_model = model.language_model
+        from ..data.omni_batches import PromptCodec
+        from ..sampling.omni import understanding_config
+
+        self.engine_model, self.codec = model.language_model, PromptCodec(tokenizer)
+        self.ban_ids = understanding_config(model).ban_ids
         self.capabilities = ("text",) + ("see",) * model.can_see + ("draw", "edit") * model.can_draw
 
-    def answer(self, question: str, image, block_length: int | None, threshold: float | None):
-        from ..sampling.omni import understand
+    def engine_config(self, block_length: int) -> SamplingConfig:
+        return SamplingConfig(block_length=block_length, attention="block", cache="exact")
 
-        return understand(self.model, self.tokenizer, image, question, block_length=block_length or 32,
-                          threshold=threshold or self.default_threshold)
+    def chat_prompt(self, messages: list[dict], images: list, interleave: bool = False) -> Prompt:
+        from ..sampling.omni import understanding_requests
+
+        question = next(m["content"] for m in reversed(messages) if m["role"] == "user")
+        request = understanding_requests(self.model, self.tokenizer, [images[-1] if images else None], [question])[0]
+        return Prompt(list(request.prompt_ids), self.ban_ids, prefix=request.prefix)
+
+    def completion_prompt(self, text: str) -> Prompt:
+        return self.chat_prompt([{"role": "user", "content": text}], [])
+
+    def decode(self, tokens: list[int]) -> str:
+        eos = self.config.eos_id
+        return self.codec.decode([t for t in tokens if t != eos])
 
     def draw_size(self) -> int:
         from ..sampling.omni import model_image_size
