@@ -118,3 +118,28 @@ def test_llada_text_stops_at_first_eos(capsys):
     assert len(out["output_ids"]) == 96 and eos in out["output_ids"]  # the published output: EOS padding kept
     first = out["output_ids"].index(eos)
     assert out["text"] == tok.decode(out["output_ids"][:first]) and out["text"] == answer
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["serve", "--model", TEXT, "--port", "70000"], "--port"),
+    (["serve", "--model", TEXT, "--timeout", "0"], "--timeout"),
+    (["serve", "--model", TEXT, "--max-batch", "0"], "--max-batch"),
+    (["chat", "--model", TEXT, "--threshold", "nan"], "--threshold"),
+    (["ask", "what?", "--threshold", "2"], "--threshold"),
+    (["draw", "a 7", "--scale", "0"], "--scale"),
+    (["draw", "a 7", "--cfg", "inf"], "--cfg"),
+    (["draw", "a 7", "-n", "0"], "-n"),
+    (["demo", "--per-digit", "0"], "--per-digit"),
+    (["demo", "--threshold", "nan"], "--threshold"),
+])
+def test_every_command_validates_its_numbers(argv, flag, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main([str(a) for a in argv])
+    assert stop.value.code == 2 and f"argument {flag}" in capsys.readouterr().err
+
+
+def test_omni_default_models_are_the_shipped_ones():
+    from omnidlm.commands import ask, demo_uni
+
+    assert Path(ask.DEFAULT_MODEL) == ROOT / "models" / "lladao-digits"
+    assert Path(demo_uni.DEFAULT_UNI_MODEL) == ROOT / "models" / "uni-digits"

@@ -35,29 +35,28 @@ def _number(text: str, kind):
     return value
 
 
+def _checked(text: str, kind, ok, what: str):
+    """`text` parsed as `kind` (finite), refused unless `ok(value)`: "must be WHAT, got VALUE"."""
+    value = _number(text, kind)
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"must be {what}, got {value}")
+    return value
+
+
 def positive_int(text: str) -> int:
     """An integer >= 1 (steps, lengths, counts)."""
-    value = _number(text, int)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
+    return _checked(text, int, lambda v: v >= 1, "a positive integer")
 
 
 def nonnegative_int(text: str) -> int:
     """An integer >= 0 (0 meaning "none" or "default", as the flag's help says)."""
-    value = _number(text, int)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
-    return value
+    return _checked(text, int, lambda v: v >= 0, "an integer >= 0")
 
 
 def int_in(low: int, high: int):
     """A type for integers in [low, high] (image scales, characters per line)."""
     def check(text: str) -> int:
-        value = _number(text, int)
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be an integer in [{low}, {high}], got {value}")
-        return value
+        return _checked(text, int, lambda v: low <= v <= high, f"an integer in [{low}, {high}]")
 
     check.__name__ = f"int_in_{low}_{high}"
     return check
@@ -65,10 +64,7 @@ def int_in(low: int, high: int):
 
 def seed(text: str) -> int:
     """A random seed: an integer in [0, 2**64 - 1] (what torch.Generator.manual_seed takes)."""
-    value = _number(text, int)
-    if not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**64 - 1], got {value}")
-    return value
+    return _checked(text, int, lambda v: 0 <= v <= MAX_SEED, "an integer in [0, 2**64 - 1]")
 
 
 def finite_float(text: str) -> float:
@@ -78,34 +74,22 @@ def finite_float(text: str) -> float:
 
 def nonnegative_float(text: str) -> float:
     """A finite number >= 0: temperature."""
-    value = _number(text, float)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+    return _checked(text, float, lambda v: v >= 0, ">= 0")
 
 
 def positive_float(text: str) -> float:
     """A finite number > 0: the factor policy's f, timeouts."""
-    value = _number(text, float)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
+    return _checked(text, float, lambda v: v > 0, "> 0")
 
 
 def probability(text: str) -> float:
     """A number in [0, 1]: confidence thresholds, keep ratios."""
-    value = _number(text, float)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
-    return value
+    return _checked(text, float, lambda v: 0.0 <= v <= 1.0, "in [0, 1]")
 
 
 def port(text: str) -> int:
     """A TCP port in [1, 65535]."""
-    value = _number(text, int)
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be a port in [1, 65535], got {value}")
-    return value
+    return _checked(text, int, lambda v: 1 <= v <= 65535, "a port in [1, 65535]")
 
 
 def device(text: str) -> str:

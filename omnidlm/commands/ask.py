@@ -23,7 +23,9 @@ import json
 import re
 from pathlib import Path
 
-DEFAULT_MODEL = "models/lladao-digits"
+from .args import positive_int, probability, shipped_model
+
+DEFAULT_MODEL = shipped_model("lladao-digits")
 MAX_PIXELS = 4096 * 4096
 SYSTEMS = "LLaDA-V, LLaDA-o or LLaDA2.0-Uni"
 
@@ -67,16 +69,16 @@ def register(sub) -> None:
     p.add_argument("--prompt-ids", default=None, help="the prompt as token ids instead of a question "
                    "(LLaDA-V: -200 where the image goes; LLaDA-o: the question's ids before the model's wrapping)")
     p.add_argument("--gen-length", type=int, default=None, help="tokens to generate (default: the system's)")
-    p.add_argument("--block-length", type=int, default=None, help="tokens per block (default: the system's)")
+    p.add_argument("--block-length", type=positive_int, default=None, help="tokens per block (default: the system's)")
     p.add_argument("--steps", type=int, default=None,
                    help="denoising steps over the whole answer; steps per block = steps x block_length / gen_length")
     p.add_argument("--policy", choices=("fixed", "threshold", "factor"), default=None,
                    help="fixed: the scheduled count per step; threshold: everything above --threshold")
-    p.add_argument("--threshold", type=float, default=None, help="commit tokens at least this confident")
+    p.add_argument("--threshold", type=probability, default=None, help="commit tokens at least this confident")
     p.add_argument("--cache", choices=("none", "exact", "approx"), default=None, help="the engine's cache mode")
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
     p.add_argument("--json", action="store_true", help="print one JSON object (output_ids, text, images)")
-    p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="refuse larger images")
+    p.add_argument("--max-pixels", type=positive_int, default=MAX_PIXELS, help="refuse larger images")
     p.add_argument("--out", default=None, help="Uni: directory for the images of an answer that draws")
     p.set_defaults(func=run)
 

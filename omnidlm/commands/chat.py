@@ -11,14 +11,16 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from .args import device, positive_int, probability
+
 
 def register(sub) -> None:
     p = sub.add_parser("chat", help="chat with a model in the terminal (streaming)")
     p.add_argument("--model", required=True, help="checkpoint directory with a tokenizer.json")
-    p.add_argument("--max-tokens", type=int, default=256, help="upper bound of an answer (it stops at EOS; default: 256)")
-    p.add_argument("--threshold", type=float, default=None,
+    p.add_argument("--max-tokens", type=positive_int, default=256, help="upper bound of an answer (it stops at EOS; default: 256)")
+    p.add_argument("--threshold", type=probability, default=None,
                    help="commit tokens at least this confident (default: the system's, 0.9 or 0.95)")
-    p.add_argument("--device", default="cpu", help="device to run on (default: cpu)")
+    p.add_argument("--device", type=device, default="cpu", help="device to run on (default: cpu)")
     p.set_defaults(func=run)
 
 

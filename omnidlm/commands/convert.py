@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .args import nonnegative_int, positive_float
+
 
 def register(sub) -> None:
     from ..formats import FORMATS
@@ -10,8 +12,8 @@ def register(sub) -> None:
     p.add_argument("src", help="checkpoint directory to read")
     p.add_argument("dst", help="directory to write (written atomically)")
     p.add_argument("--format", required=True, choices=sorted(FORMATS), help="layout to write")
-    p.add_argument("--shard-size-mb", type=float, default=None, help="split weights into shards of this size")
-    p.add_argument("--mask-id", type=int, default=None, help="mask token id, when the source config lacks it")
+    p.add_argument("--shard-size-mb", type=positive_float, default=None, help="split weights into shards of this size")
+    p.add_argument("--mask-id", type=nonnegative_int, default=None, help="mask token id, when the source config lacks it")
     p.add_argument("--force", action="store_true", help="replace DST if it exists")
     p.set_defaults(func=run)
 

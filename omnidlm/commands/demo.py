@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .ask import DEFAULT_MODEL
+from .args import finite_float, positive_int, probability, seed
 
 
 def register(sub) -> None:
@@ -32,16 +33,16 @@ def register(sub) -> None:
     p.add_argument("--train", action="store_true",
                    help="retrain the model (recipe digits-lladao or digits-uni) into --out/<system>/model")
     p.add_argument("--out", default="demo_out", help="output directory (each system writes into --out/<system>/)")
-    p.add_argument("--questions", type=int, default=None,
+    p.add_argument("--questions", type=positive_int, default=None,
                    help="held-out digits asked (default: all 297; else a random subset, fixed seed); "
                         "uni: also the interleaved pairs asked (default: all 100)")
-    p.add_argument("--per-digit", type=int, default=3, help="drawings per digit")
+    p.add_argument("--per-digit", type=positive_int, default=3, help="drawings per digit")
     p.add_argument("--all", action="store_true", help="every held-out digit and 10 drawings per digit")
-    p.add_argument("--steps", type=int, default=None,
+    p.add_argument("--steps", type=positive_int, default=None,
                    help="Euler steps per drawing (default: lladao 30; uni 8, the distilled decoder)")
-    p.add_argument("--cfg", type=float, default=4.0, help="text CFG scale of the drawings")
-    p.add_argument("--threshold", type=float, default=0.95, help="confidence threshold of the answers")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cfg", type=finite_float, default=4.0, help="text CFG scale of the drawings")
+    p.add_argument("--threshold", type=probability, default=0.95, help="confidence threshold of the answers")
+    p.add_argument("--seed", type=seed, default=0)
     p.set_defaults(func=run)
 
 

@@ -14,8 +14,9 @@ import json
 import numpy as np
 
 from .demo import grid_png, load_or_train, score_rows, system_dir, table
+from .args import shipped_model
 
-DEFAULT_UNI_MODEL = "models/uni-digits"
+DEFAULT_UNI_MODEL = shipped_model("uni-digits")
 
 
 def edits_png(model, tok, out, seed: int) -> None:

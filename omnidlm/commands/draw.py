@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .ask import DEFAULT_MODEL, MAX_PIXELS, read_image
+from .args import finite_float, int_in, positive_float, positive_int, probability, seed
 
 LLADAO_ONLY = ("prompt_ids", "height", "width", "num_timesteps", "cfg_interval", "timestep_shift",
                "cfg_renorm_min", "cfg_renorm_type", "init_noise", "save_latent")
@@ -45,25 +46,25 @@ def register(sub) -> None:
 def add_image_options(p, out: str) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help="a LLaDA-o or LLaDA2.0-Uni model directory")
     p.add_argument("--out", default=out, help="a directory, or a file name (.png, .jpg, ...)")
-    p.add_argument("-n", type=int, default=1, help="number of images")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=None,
+    p.add_argument("-n", type=positive_int, default=1, help="number of images")
+    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--steps", type=positive_int, default=None,
                    help="Euler steps (LLaDA-o: 30, i.e. --num-timesteps 31; Uni: 8 distilled decoder steps)")
     p.add_argument("--full-ode", action="store_true", help="Uni: the teacher decoder's full ODE with CFG")
-    p.add_argument("--cfg-scale", "--cfg", dest="cfg", type=float, default=4.0, help="text CFG scale (<= 1: off)")
-    p.add_argument("--img-cfg", "--cfg-img-scale", dest="img_cfg", type=float, default=1.0,
+    p.add_argument("--cfg-scale", "--cfg", dest="cfg", type=finite_float, default=4.0, help="text CFG scale (<= 1: off)")
+    p.add_argument("--img-cfg", "--cfg-img-scale", dest="img_cfg", type=finite_float, default=1.0,
                    help="image CFG scale when editing (LLaDA-o: acts only with text CFG, as published)")
-    p.add_argument("--scale", type=int, default=4, help="upscale factor of the written images")
-    p.add_argument("--max-pixels", type=int, default=MAX_PIXELS)
+    p.add_argument("--scale", type=int_in(1, 64), default=4, help="upscale factor of the written images")
+    p.add_argument("--max-pixels", type=positive_int, default=MAX_PIXELS)
     o = p.add_argument_group("LLaDA-o (the published inferencer's knobs)")
     o.add_argument("--prompt-ids", default=None, help="comma-separated prompt token ids (instead of a prompt)")
-    o.add_argument("--height", type=int, default=None, help="image height in pixels (default: the VAE's size)")
-    o.add_argument("--width", type=int, default=None, help="image width in pixels (default: the height)")
-    o.add_argument("--num-timesteps", type=int, default=None, help="grid points t = 1 -> 0 (Euler steps + 1)")
-    o.add_argument("--cfg-interval", type=float, nargs=2, metavar=("LO", "HI"), default=None,
+    o.add_argument("--height", type=positive_int, default=None, help="image height in pixels (default: the VAE's size)")
+    o.add_argument("--width", type=positive_int, default=None, help="image width in pixels (default: the height)")
+    o.add_argument("--num-timesteps", type=positive_int, default=None, help="grid points t = 1 -> 0 (Euler steps + 1)")
+    o.add_argument("--cfg-interval", type=probability, nargs=2, metavar=("LO", "HI"), default=None,
                    help="CFG acts for t in (LO, HI] (default 0.4 1.0)")
-    o.add_argument("--timestep-shift", type=float, default=None, help="grid shift (default 3.0)")
-    o.add_argument("--cfg-renorm-min", type=float, default=None, help="lower clamp of the CFG re-scaling (default 0)")
+    o.add_argument("--timestep-shift", type=positive_float, default=None, help="grid shift (default 3.0)")
+    o.add_argument("--cfg-renorm-min", type=finite_float, default=None, help="lower clamp of the CFG re-scaling (default 0)")
     o.add_argument("--cfg-renorm-type", choices=("global", "channel", "text_channel"), default=None,
                    help="CFG re-scaling: per image, per latent token, or per token on the text CFG only")
     o.add_argument("--init-noise", default=None, help="starting noise, .npy (C, H/f, W/f) float32")

@@ -15,6 +15,8 @@ import logging
 import sys
 from pathlib import Path
 
+from .args import device, nonnegative_int, port, positive_float, positive_int
+
 CAPABILITY_WORDS = {"text": "understand", "see": "see", "draw": "draw", "edit": "edit", "interleave": "interleave"}
 
 
@@ -22,19 +24,19 @@ def register(sub) -> None:
     p = sub.add_parser("serve", help="serve a model behind an OpenAI-compatible HTTP API")
     p.add_argument("--model", required=True, help="checkpoint directory (with tokenizer.json)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="port to bind (default: 8000)")
-    p.add_argument("--max-batch", type=int, default=8, help="rows decoded together (default: 8)")
-    p.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond the batch before 429 (default: 64)")
-    p.add_argument("--max-tokens", type=int, default=1024, help="largest max_tokens a request may ask (default: 1024)")
-    p.add_argument("--max-n", type=int, default=8, help="largest n (choices or images) a request may ask (default: 8)")
-    p.add_argument("--max-block-length", type=int, default=None,
+    p.add_argument("--port", type=port, default=8000, help="port to bind (default: 8000)")
+    p.add_argument("--max-batch", type=positive_int, default=8, help="rows decoded together (default: 8)")
+    p.add_argument("--max-queue", type=nonnegative_int, default=64, help="requests waiting beyond the batch before 429 (default: 64)")
+    p.add_argument("--max-tokens", type=positive_int, default=1024, help="largest max_tokens a request may ask (default: 1024)")
+    p.add_argument("--max-n", type=positive_int, default=8, help="largest n (choices or images) a request may ask (default: 8)")
+    p.add_argument("--max-block-length", type=positive_int, default=None,
                    help="largest block_length a request may ask (default: the model's maximum length)")
-    p.add_argument("--max-image-steps", type=int, default=100, help="largest steps of a drawing (default: 100)")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds before a request gets 504 (default: 120)")
+    p.add_argument("--max-image-steps", type=positive_int, default=100, help="largest steps of a drawing (default: 100)")
+    p.add_argument("--timeout", type=positive_float, default=120.0, help="seconds before a request gets 504 (default: 120)")
     p.add_argument("--allowed-hosts", default=None,
                    help="comma-separated Host names the server answers, '*' for any (default: the bound host; "
                         "for a loopback bind 127.0.0.1, localhost and ::1; for 0.0.0.0 or :: any)")
-    p.add_argument("--device", default="cpu", help="device to run on (default: cpu)")
+    p.add_argument("--device", type=device, default="cpu", help="device to run on (default: cpu)")
     p.set_defaults(func=run)
 
 
