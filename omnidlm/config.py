@@ -127,7 +127,7 @@ class ModelConfig:
         return dataclasses.replace(self, **changes)
 
 
-# Shapes from REFERENCE.md (§1 LLaDA-8B, §4 LLaDA2.0-mini) and tiny ones for tests.
+# Shapes from docs/published/llada.md (LLaDA-8B) and llada2.md (LLaDA2.0-mini), and tiny ones for tests.
 PRESETS: dict[str, dict] = {
     "llada-8b": dict(
         vocab_size=126464, hidden_size=4096, n_layers=32, n_heads=32, n_kv_heads=32,

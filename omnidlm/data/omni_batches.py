@@ -1,4 +1,4 @@
-"""Omni training samples and batches (LLaDA-o, REFERENCE.md §3): digit images, questions, captions.
+"""Omni training samples and batches (LLaDA-o, docs/published/lladao.md): digit images, questions, captions.
 
 Two kinds of sample share one batch, each a document of segments (`sequence/segments.py`):
 

@@ -1,4 +1,4 @@
-"""LLaDA2.0-Uni training sequences for the digits (REFERENCE.md §4): every task is one token sequence.
+"""LLaDA2.0-Uni training sequences for the digits (docs/published/uni.md): every task is one token sequence.
 
 Images are discrete codes of the SigLIP-VQ tokenizer, written into the sequence as
 `<image> <imgsize_h> <imgsize_w> code... </image>` (`models/uni.py` `UniVocab`), so understanding,

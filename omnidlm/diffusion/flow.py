@@ -1,4 +1,4 @@
-"""Rectified flow over image latents (LLaDA-o's generation process, REFERENCE.md §3).
+"""Rectified flow over image latents (LLaDA-o's generation process, docs/published/lladao.md).
 
 The path runs from data at t = 0 to noise at t = 1: x_t = (1 - t) x0 + t eps, and the network
 predicts the velocity v = eps - x0. Training draws t logit-normal and shifted toward noise

@@ -2,12 +2,12 @@
 
 The network knows nothing of noise. These functions either turn clean token ids `x0` into a noised
 input (`forward_mask`, `bdlm_inputs`, `with_complement`) or take the network's `logits` and return a
-loss. Sources (REFERENCE.md):
+loss. Sources (docs/published/):
 
-    LLaDA        sample_t, forward_mask, maybe_crop, pretrain_loss, sft_loss        (§1)
-    LLaDA-o      lladao_text_loss, adaptive_length                                  (§3)
+    LLaDA        sample_t, forward_mask, maybe_crop, pretrain_loss, sft_loss  (llada.md)
+    LLaDA-o      lladao_text_loss, adaptive_length                           (lladao.md)
     LLaDA2.0     bdlm_inputs (BD3-LM style [x_t | x_0]), bdlm_loss,
-                 mask_token_weights (Mask Token Reweighting), with_complement        (§4)
+                 mask_token_weights (Mask Token Reweighting), with_complement (llada2.md)
 
 Conventions: `x0` (B, L) clean ids; `is_masked` (B, L) bool, True where the input holds the mask
 token; `maskable` (B, L) bool, the positions noise may touch (answers in SFT; None = all);

@@ -1,4 +1,4 @@
-"""Monte Carlo ELBO of an answer given a prompt (LLaDA, REFERENCE.md §1): the log-likelihood
+"""Monte Carlo ELBO of an answer given a prompt (LLaDA, docs/published/llada.md): the log-likelihood
 estimate used for multiple-choice evaluation.
 
 Each sample masks exactly k of the L answer tokens, k stratified over a batch

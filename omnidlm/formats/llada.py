@@ -1,5 +1,5 @@
 """LLaDA checkpoints: the OLMo-style layout of LLaDA-8B and the Llama-style names of LLaDA-V's
-language tower (REFERENCE.md §1, §2). Both are dense, fully bidirectional models.
+language tower (docs/published/llada.md, llada-v.md). Both are dense, fully bidirectional models.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""LLaDA2.0 MoE checkpoints (`model_type: llada2_moe`, REFERENCE.md §4 and fixtures/README.md).
+"""LLaDA2.0 MoE checkpoints (`model_type: llada2_moe`, docs/published/llada2.md and fixtures/README.md).
 
 Two expert layouts: `split` (the published one: `mlp.experts.E.{gate,up,down}_proj.weight`) and
 `fused` (`mlp.experts.{gate,up,down}_proj.weight` stacked as (E, I, H) / (E, H, I)). The attention
@@ -11,7 +11,7 @@ from __future__ import annotations
 from ..config import ModelConfig
 from .rules import Rule, cat, one, stack
 
-# LLaDA2.0-mini's tokenizer ids (REFERENCE.md §4), used when a config leaves them out.
+# LLaDA2.0-mini's tokenizer ids (docs/published/llada2.md), used when a config leaves them out.
 MINI_VOCAB, MINI_MASK, MINI_EOS = 157184, 156895, 156892
 
 

@@ -1,4 +1,4 @@
-"""The LLaDA2.0-Uni checkpoint layout (REFERENCE.md §4), read and written.
+"""The LLaDA2.0-Uni checkpoint layout (docs/published/uni.md), read and written.
 
     config.json                       the llada2_moe backbone config (`llada2.llada2_config_json`) plus
                                       the image vocabulary (below)

@@ -1,4 +1,4 @@
-"""Image latents for the generation expert (LLaDA-o, REFERENCE.md §3): the VAE, latent patches and
+"""Image latents for the generation expert (LLaDA-o, docs/published/lladao.md): the VAE, latent patches and
 the small modules that carry latents into and out of the backbone.
 
 - `build_vae(cfg)`: a `diffusers.AutoencoderKL` built from a config dict, never downloaded.

@@ -1,4 +1,4 @@
-"""The LLaDA-o omni model (REFERENCE.md §3): text, ViT features and VAE latents in one sequence,
+"""The LLaDA-o omni model (docs/published/lladao.md): text, ViT features and VAE latents in one sequence,
 through a Mixture-of-Transformers backbone, out as text logits and latent velocities.
 
 Pure architecture: the model embeds what it is given (noisy latents and their times come from

@@ -1,4 +1,4 @@
-"""Mixture-of-Transformers backbone (LLaDA-o, REFERENCE.md §3): two experts share one attention.
+"""Mixture-of-Transformers backbone (LLaDA-o, docs/published/lladao.md): two experts share one attention.
 
 Every layer holds an understanding expert (the dense block's own parts and names: `attn_norm`,
 `attn` with fused qkv and q/k norms, `mlp_norm`, `mlp`) and, when the model generates images, a

@@ -1,4 +1,4 @@
-"""LLaDA2.0-Uni (REFERENCE.md §4): one MoE backbone over text ids and discrete image codes, plus the
+"""LLaDA2.0-Uni (docs/published/uni.md): one MoE backbone over text ids and discrete image codes, plus the
 SigLIP-VQ image tokenizer (pixels -> codes) and the diffusion decoder (codes -> pixels).
 
 The vocabulary is the text tokenizer's ids followed by the image codes:

@@ -1,4 +1,4 @@
-"""The diffusion decoder of LLaDA2.0-Uni (REFERENCE.md §4): discrete image tokens -> pixels at 2x.
+"""The diffusion decoder of LLaDA2.0-Uni (docs/published/uni.md): discrete image tokens -> pixels at 2x.
 
 The tokenizer (SigLIP-VQ) turns an image into an h x w grid of codes; this decoder draws the image
 back from the codes at `upscale` (2) times the tokenizer's resolution:

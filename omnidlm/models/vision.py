@@ -1,4 +1,4 @@
-"""Vision understanding (LLaDA-o / LLaDA-V, REFERENCE.md §2-3): a SigLIP encoder, an MLP connector
+"""Vision understanding (LLaDA-o / LLaDA-V, docs/published/llada-v.md, lladao.md): a SigLIP encoder, an MLP connector
 and a 2D position embedding that put image patches into the backbone's embedding space.
 
 The encoder is `transformers`' SigLIP built from a config dict (never downloaded), with its pooling

@@ -1,4 +1,4 @@
-"""The SigLIP-VQ image tokenizer of LLaDA2.0-Uni (REFERENCE.md §4): images -> discrete image tokens.
+"""The SigLIP-VQ image tokenizer of LLaDA2.0-Uni (docs/published/uni.md): images -> discrete image tokens.
 
 SigLIP features on the (h, w) patch grid -> a 1x1 convolution to `code_dim` -> L2 normalisation ->
 the nearest code by cosine in a codebook (16,384 entries published; 64-256 for the digits model).

@@ -1,4 +1,4 @@
-"""Mixture-of-Experts MLP of LLaDA2.0 (REFERENCE.md §4).
+"""Mixture-of-Experts MLP of LLaDA2.0 (docs/published/llada2.md).
 
 Router: sigmoid scores; `expert_bias` is added for *selection only* (auxiliary-loss-free
 balancing); group-limited top-k (keep the `topk_group` best of `n_group` groups, a group scored by
@@ -108,7 +108,7 @@ class MoE(nn.Module):
         return y + self.shared(x_BLD) if self.shared is not None else y
 
 
-# --- auxiliary-loss-free load balancing (REFERENCE.md §4) ------------------------------------------
+# --- auxiliary-loss-free load balancing (docs/published/llada2.md) ------------------------------------------
 
 
 def _moe_layers(model: nn.Module) -> list[tuple[str, MoE]]:
@@ -144,7 +144,7 @@ def update_expert_bias(model: nn.Module, rate: float) -> dict[str, dict]:
 
     F is the observed load (fraction of the routed (token, expert) assignments each expert received
     over the training forwards since the last call), Q = 1/E the uniform load, rms the root mean
-    square over experts, u = `rate`. REFERENCE.md writes `b_i += u (F_i - Q_i) / rms`; with our
+    square over experts, u = `rate`. docs/published/llada2.md writes `b_i += u (F_i - Q_i) / rms`; with our
     router, which *adds* the bias to the scores for selection, that would make an overloaded
     expert still more likely, so we subtract: an overloaded expert's bias goes down, an
     underloaded one's goes up (DeepSeek-V3's rule, with the step scaled by the error instead of its

@@ -3,13 +3,13 @@
 Drawing and editing live here, apart from the models (a model never samples, docs/architecture.md)
 and from the text answers (sampling/engine.py, sampling/omni.py, sampling/uni.py).
 
-LLaDA-o (`draw_lladao`, REFERENCE.md §3): [prompt | noisy latents]; Euler ODE from t = 1 to 0 on a
+LLaDA-o (`draw_lladao`, docs/published/lladao.md): [prompt | noisy latents]; Euler ODE from t = 1 to 0 on a
 grid shifted by 3.0 (`diffusion.flow.euler_sample`), text CFG (unconditional = the empty prompt)
 only for t in the interval, with norm re-scaling; the latents are decoded by the model's VAE.
 Editing: the same with a condition image (ViT features and clean VAE latents) and image CFG
 (unconditional = no image).
 
-Uni (`draw_uni`, `edit_uni`, REFERENCE.md §4): codes are sampled on the canvas
+Uni (`draw_uni`, `edit_uni`, docs/published/uni.md): codes are sampled on the canvas
 [prompt | <image> <imgsize_h> <imgsize_w> | masks] with block-causal attention (blocks aligned at
 position 0, as in training) and no cache: the canvas is a few dozen tokens. Each step keeps the
 masked positions' code logits only, mixes conditional and unconditional logits

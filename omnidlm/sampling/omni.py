@@ -1,4 +1,4 @@
-"""LLaDA-o understanding on the engine (REFERENCE.md §3; drawing and editing: sampling/image.py).
+"""LLaDA-o understanding on the engine (docs/published/lladao.md; drawing and editing: sampling/image.py).
 
 An image question is an engine `Request` whose multimodal prefix (sampling/prefix.py) holds
 [head | image | question, header] (ViT features at the image's patches, the whole image at ONE

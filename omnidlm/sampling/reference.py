@@ -1,9 +1,9 @@
 """The published samplers, reproduced exactly: they are the oracles the fast engine is tested against.
 
-- `generate`: LLaDA's sampler (REFERENCE.md §1). The canvas [prompt | gen_length masks] is
+- `generate`: LLaDA's sampler (docs/published/llada.md). The canvas [prompt | gen_length masks] is
   denoised block by block, left to right; each step runs the model on the whole canvas and commits
   a scheduled number of the most confident masked positions of the current block.
-- `generate_llada2`: LLaDA2.0's block-causal threshold sampler (REFERENCE.md §4).
+- `generate_llada2`: LLaDA2.0's block-causal threshold sampler (docs/published/llada2.md).
 
 Both reproduce `shared/fixtures/*/reference.json` token for token (tests/test_reference_samplers.py).
 """

@@ -1,4 +1,4 @@
-"""SPRINT: prune the prompt's cached keys/values after a warm-up (REFERENCE.md §4). Opt-in.
+"""SPRINT: prune the prompt's cached keys/values after a warm-up (docs/published/uni.md). Opt-in.
 
 After a request's first `warmup` forwards, each cached prompt position i gets the score
 

@@ -1,4 +1,4 @@
-"""Sampling LLaDA2.0-Uni (REFERENCE.md §4): understanding and free answers (drawing, editing and the
+"""Sampling LLaDA2.0-Uni (docs/published/uni.md): understanding and free answers (drawing, editing and the
 decoder's ODE: sampling/image.py).
 
 Everything is block diffusion over one vocabulary; images are the tokenizer's codes.

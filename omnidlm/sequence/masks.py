@@ -17,7 +17,7 @@ def block_causal_mask(length: int, block_size: int, device=None) -> torch.Tensor
 
 
 def bdlm_mask(length: int, block_size: int, device=None) -> torch.Tensor:
-    """(2L, 2L) mask for block-diffusion training on the input [x_t | x_0] (REFERENCE.md §4).
+    """(2L, 2L) mask for block-diffusion training on the input [x_t | x_0] (docs/published/llada2.md).
 
     - noisy block -> itself (block diagonal);
     - noisy block -> strictly earlier clean blocks;
@@ -54,7 +54,7 @@ def as_attention_mask(mask: torch.Tensor | None, q_len: int) -> torch.Tensor | N
     raise ValueError(f"attention_mask must be (B, K) or (B, 1, Q, K), got shape {tuple(mask.shape)}")
 
 
-# Attention modes of a segment (REFERENCE.md §3): integer codes so a mode can live in a tensor.
+# Attention modes of a segment (docs/published/lladao.md): integer codes so a mode can live in a tensor.
 CAUSAL, FULL, NOISE = 0, 1, 2
 MODES = {"causal": CAUSAL, "full": FULL, "noise": NOISE}
 

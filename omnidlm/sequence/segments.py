@@ -1,4 +1,4 @@
-"""Sequences as lists of segments (LLaDA-o, REFERENCE.md §3): what each token is, where it sits,
+"""Sequences as lists of segments (LLaDA-o, docs/published/lladao.md): what each token is, where it sits,
 which expert it is routed to and what it may attend to.
 
 A sample is a list of `Segment`s; each has a kind (text, ViT image, VAE-latent image), a length

@@ -1,4 +1,4 @@
-"""Training the LLaDA-o omni model (REFERENCE.md §3) on the real digits: recipe `digits-lladao`.
+"""Training the LLaDA-o omni model (docs/published/lladao.md) on the real digits: recipe `digits-lladao`.
 
 Its stages run on the shared loop (`train/loop.py`); the model needs images, two processes and a
 frozen VAE, which the text trainer (`train/trainer.py`) does not build. Steps:

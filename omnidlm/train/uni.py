@@ -1,4 +1,4 @@
-"""Training LLaDA2.0-Uni (REFERENCE.md §4) on the real digits: recipe `digits-uni`.
+"""Training LLaDA2.0-Uni (docs/published/uni.md) on the real digits: recipe `digits-uni`.
 
 Three parts are trained in turn, each frozen before the next:
 

@@ -1,4 +1,4 @@
-"""Training the LLaDA2.0-Uni diffusion decoder (REFERENCE.md §4): flow matching, then few-step distillation.
+"""Training the LLaDA2.0-Uni diffusion decoder (docs/published/uni.md): flow matching, then few-step distillation.
 
     1. `train_decoder`: rectified flow on the frozen VAE's latents of the 2x images, conditioned on
        the tokenizer's codes (condition dropout 0.1 for CFG), logit-normal shifted t, AdamW, EMA;
