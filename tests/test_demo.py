@@ -17,10 +17,11 @@ pytestmark = pytest.mark.skipif(not (MODEL / "ema.safetensors").exists(), reason
 
 @pytest.fixture(scope="module")
 def shipped():
-    from omnidlm.train.omni import load_omni
+    from omnidlm import systems
 
     torch.set_num_threads(1)
-    return load_omni(MODEL)
+    loaded = systems.open(MODEL)
+    return loaded.model, loaded.tokenizer
 
 
 def digit_png(tmp_path, index=0, size=32) -> Path:

@@ -7,6 +7,7 @@ import random
 import pytest
 import torch
 
+from omnidlm import systems
 from omnidlm.data import omni_batches as OB
 from omnidlm.data.char_tokenizer import build_char_tokenizer
 from omnidlm.sequence.tokenizer import Tokenizer
@@ -108,7 +109,7 @@ def test_tiny_recipe_runs_saves_and_loads(tmp_path):
     model, summary = O.train_omni(cfg, tmp_path / "m", progress=False)
     assert summary["steps"] == cfg.steps and summary["recipe"] == "digits-lladao-tiny"
     assert (tmp_path / "m" / "ema.safetensors").exists() and (tmp_path / "m" / "tokenizer.json").exists()
-    loaded, tok = O.load_omni(tmp_path / "m")
+    loaded = systems.open(tmp_path / "m").model
     assert loaded.can_see and loaded.can_draw
     # the VAE's fitted scale / shift survive the round trip
     assert loaded.config.vae["scaling_factor"] == pytest.approx(model.config.vae["scaling_factor"])

@@ -14,14 +14,15 @@ from omnidlm.eval.judge import DigitJudge
 from omnidlm.serve.app import Limits, create_app
 from omnidlm.serve.images import encode_png
 from omnidlm.serve.testing import start_server
-from omnidlm.train.omni import load_omni
+from omnidlm import systems
 
 MODEL = "models/lladao-digits"
 
 
 @pytest.fixture(scope="module")
 def served():
-    model, tokenizer = load_omni(MODEL)
+    loaded = systems.open(MODEL)
+    model, tokenizer = loaded.model, loaded.tokenizer
     server, url = start_server(create_app(model, tokenizer, "lladao-digits", limits=Limits(max_image_pixels=512 * 512)))
     yield url, openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0), model
     server.should_exit = True

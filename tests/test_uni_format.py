@@ -11,6 +11,7 @@ from torch import nn
 import omnidlm
 from omnidlm.config import preset
 from omnidlm.data.char_tokenizer import build_char_tokenizer
+from omnidlm import formats
 from omnidlm.formats import uni as U
 from omnidlm.formats.io import TensorSource
 from omnidlm.formats.llada2 import llada2_rules
@@ -111,9 +112,11 @@ def test_backbone_is_a_plain_llada2_checkpoint(tmp_path):
     keys = set(TensorSource(tmp_path / "uni").keys())
     assert keys == {name for rule in llada2_rules(model.backbone.config) for name in rule.sources}
     assert "model.layers.1.mlp.gate.expert_bias" in keys
-    backbone = omnidlm.load(tmp_path / "uni")  # the llada2 reader, text only
+    backbone = formats.load(tmp_path / "uni")  # the llada2 text reader reads the backbone alone
     assert backbone.source_format == "llada2"
     assert torch.equal(logits(backbone, IDS), logits(model, IDS))
+    whole = omnidlm.load(tmp_path / "uni")  # the registry finds the whole Uni model
+    assert type(whole).__name__ == "LLaDA2Uni" and whole.source_format == "uni"
 
 
 @pytest.mark.parametrize("missing", ["config.json", "model.safetensors", "image_tokenizer/config.json",

@@ -19,11 +19,13 @@ from omnidlm.sampling.sprint import Sprint
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from omnidlm.train.uni import digits_uni_tiny, load_uni_model, train_uni
+    from omnidlm import systems
+    from omnidlm.train.uni import digits_uni_tiny, train_uni
 
     out = tmp_path_factory.mktemp("uni") / "model"
     _, summary = train_uni(digits_uni_tiny(), out, progress=False)
-    model, tok = load_uni_model(out)
+    loaded = systems.open(out)
+    model, tok = loaded.model, loaded.tokenizer
     return out, model, tok, summary
 
 

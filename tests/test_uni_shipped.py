@@ -17,10 +17,11 @@ pytestmark = pytest.mark.skipif(not (MODEL / "model.safetensors").exists(), reas
 
 @pytest.fixture(scope="module")
 def shipped():
-    from omnidlm.train.uni import load_uni_model
+    from omnidlm import systems
 
     torch.set_num_threads(1)
-    return load_uni_model(MODEL)
+    loaded = systems.open(MODEL)
+    return loaded.model, loaded.tokenizer
 
 
 def test_heldout_question_accuracy_floor(shipped):

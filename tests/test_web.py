@@ -74,9 +74,10 @@ def test_page_asks_about_an_uploaded_image_and_shows_a_drawing(browser, tmp_path
 
     from omnidlm.data.digits import WORDS, digit_images
     from omnidlm.serve.images import encode_png
-    from omnidlm.train.omni import load_omni
+    from omnidlm import systems
 
-    model, tokenizer = load_omni(ROOT / "models" / "lladao-digits")
+    loaded = systems.open(ROOT / "models" / "lladao-digits")
+    model, tokenizer = loaded.model, loaded.tokenizer
     server, url = start_server(create_app(model, tokenizer, "lladao-digits"))
     try:
         image = tmp_path / "digit.png"

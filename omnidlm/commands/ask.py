@@ -85,18 +85,15 @@ def register(sub) -> None:
 
 def system_of(path: str) -> str:
     """Which system a model directory holds: "llada-v", "uni" or "lladao"; else an error naming the files."""
-    from ..train.uni import is_uni_dir
+    from .. import systems
 
-    directory = Path(path)
-    config = directory / "config.json"
-    if config.is_file() and "mm_projector_type" in json.loads(config.read_text()):
-        return "llada-v"
-    if is_uni_dir(path):
-        return "uni"
-    if (directory / "llm_config.json").is_file():
-        return "lladao"
-    raise ValueError(f"--model {path}: not a {SYSTEMS} model (looked for config.json with mm_* fields, "
-                     "a Uni config.json, or llm_config.json)")
+    try:
+        system = systems.find(path)
+    except FileNotFoundError as error:
+        raise ValueError(f"--model {path}: not a {SYSTEMS} model ({error})") from None
+    if system.name not in ANSWERS:
+        raise ValueError(f"--model {path}: not a {SYSTEMS} model (a {system.title} model)")
+    return system.name
 
 
 def run(args) -> int:
@@ -117,12 +114,12 @@ def run(args) -> int:
 
 def answer_llada_v(args) -> dict:
     """LLaDA-V: the published prompt (or --prompt-ids) and sampler on the engine."""
-    from ..formats.llada_v import load_llada_v
+    from .. import systems
     from ..sampling import llada_v as V
-    from ..sequence.tokenizer import Tokenizer
 
     image = read_image(args.image, args.max_pixels, mode="RGB")
-    model, tok = load_llada_v(args.model), Tokenizer.from_file(args.model)
+    loaded = systems.open(args.model)
+    model, tok = loaded.model, loaded.tokenizer
     ids = parse_ids(args.prompt_ids) if args.prompt_ids is not None else V.prompt_ids(tok, args.question)
     gen = args.gen_length or V.GEN_LENGTH
     cfg = V.sampling_config(tok, gen, args.block_length or gen, args.steps or gen, args.policy or "fixed",
@@ -135,10 +132,11 @@ def answer_llada_v(args) -> dict:
 def answer_lladao(args) -> dict:
     """LLaDA-o: its understanding sampler (threshold decoding against the prefilled prefix)."""
     from ..sampling.omni import understand
-    from ..train.omni import load_omni
+    from .. import systems
 
     image = read_image(args.image, args.max_pixels)
-    model, tok = load_omni(args.model)
+    loaded = systems.open(args.model)
+    model, tok = loaded.model, loaded.tokenizer
     block = args.block_length or 32
     gen = args.gen_length or 4 * block
     per_block = args.steps * block // gen if args.steps else None
@@ -150,11 +148,12 @@ def answer_lladao(args) -> dict:
 def answer_uni(args) -> dict:
     """Uni: an answer may hold images (interleaved or thinking answers): they are written to --out."""
     from ..sampling.uni import respond, sampling_config
-    from ..train.uni import load_uni_model
+    from .. import systems
     from .draw import save_png
 
     image = read_image(args.image, args.max_pixels) if args.image else None
-    model, tok = load_uni_model(args.model)
+    loaded = systems.open(args.model)
+    model, tok = loaded.model, loaded.tokenizer
     threshold = args.threshold if args.threshold is not None else 0.95
     answer = respond(model, tok, args.question, image, config=sampling_config(threshold=threshold))
     paths = []

@@ -82,9 +82,8 @@ def sweep(text: str) -> tuple[str, tuple]:
 def run(args) -> int:
     import torch
 
-    from .. import load
+    from .. import systems
     from ..eval.bench import BenchSettings, format_table, run_bench
-    from ..sequence.tokenizer import Tokenizer
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -94,8 +93,8 @@ def run(args) -> int:
         return run_shape(args)
     if not args.model:
         raise ValueError("--model is required (or --systems lladao,uni)")
-    tokenizer = Tokenizer.from_file(args.model)
-    model = load(args.model, device=args.device)
+    loaded = systems.open(args.model, device=args.device)
+    model, tokenizer = loaded.model, loaded.tokenizer
     if args.serve:
         return run_serve(model, tokenizer, args)
     if args.plot and not args.sweep:

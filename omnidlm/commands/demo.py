@@ -106,8 +106,14 @@ def write_unmasking(frames, out: Path) -> None:
     strip.save(out / "unmasking.png")
 
 
-def load_or_train(args, load, train, recipe, parts: str):
-    """--model, or a fresh run of `recipe` (training `parts`) into --out/<system>/model -> (loaded, summary, dir)."""
+def load_or_train(args, train, recipe, parts: str):
+    """--model, or a fresh run of `recipe` (training `parts`) into --out/<system>/model -> ((model, tokenizer), summary, dir)."""
+    from .. import systems
+
+    def load(path):
+        loaded = systems.open(path)
+        return loaded.model, loaded.tokenizer
+
     if not args.train:
         if not Path(args.model).exists():
             raise FileNotFoundError(f"no model at {args.model}; run `omnidlm demo --system {args.system} --train` "
@@ -171,9 +177,9 @@ def run_lladao(args) -> int:
     from ..data.digits import QUESTION, digit_images
     from ..eval.omni_digits import drawing_accuracy, question_accuracy, sample_diversity
     from ..sampling.omni import understand
-    from ..train.omni import digits_lladao, load_omni, train_omni
+    from ..train.omni import digits_lladao, train_omni
 
-    (model, tok), summary, model_dir = load_or_train(args, load_omni, train_omni, digits_lladao,
+    (model, tok), summary, model_dir = load_or_train(args, train_omni, digits_lladao,
                                                      "VAE, then the omni model")
     out = system_dir(args)
     limit, per_digit = (None, 10) if args.all else (args.questions, args.per_digit)

@@ -58,9 +58,9 @@ def free_rows(pairs: dict, thinking: dict) -> list[tuple[str, str]]:
 def run_uni(args) -> int:
     from ..eval import uni_digits as E
     from ..eval.omni_digits import sample_diversity
-    from ..train.uni import digits_uni, load_uni_model, train_uni
+    from ..train.uni import digits_uni, train_uni
 
-    (model, tok), summary, model_dir = load_or_train(args, load_uni_model, train_uni, digits_uni,
+    (model, tok), summary, model_dir = load_or_train(args, train_uni, digits_uni,
                                                      "tokenizer, decoder, then the MoE backbone")
     out = system_dir(args)
     limit, per_digit = (None, 10) if args.all else (args.questions, args.per_digit)

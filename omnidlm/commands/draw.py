@@ -178,14 +178,13 @@ def save_latent(z, path: str) -> None:
     print(path)
 
 
-def run_lladao(args, image) -> int:
+def run_lladao(args, image, loaded) -> int:
+    from ..formats.core import resolve
     from ..formats.lladao import image_marker_ids
     from ..models.latents import decode_latents
     from ..sampling import image as I
-    from ..train.omni import load_omni
-
     settings = flow_settings(args)
-    model, tok = load_omni(args.model)
+    model, tok = loaded.model, loaded.tokenizer
     if not model.can_draw:
         raise ValueError(f"the model at {args.model} has no generation expert: it cannot draw")
     if args.prompt_ids is not None:
@@ -193,7 +192,7 @@ def run_lladao(args, image) -> int:
             raise ValueError("--prompt-ids draws one image from token ids: no --image, -n 1")
         noise = read_noise(args.init_noise) if args.init_noise else None
         z = I.draw_lladao_ids(model, parse_ids(args.prompt_ids), args.height, args.width, settings, noise,
-                              args.seed, image_marker_ids(args.model), progress=True)[None]
+                              args.seed, image_marker_ids(resolve(args.model)), progress=True)[None]
         images = I.to_uint8(decode_latents(model.vae, z))  # (1, H, W, 3), as the published decode_image
     else:
         if args.init_noise or args.height or args.width:
@@ -221,22 +220,23 @@ def run(args) -> int:
         raise ValueError("-n and --steps must be at least 1")
     output_paths(args.out, args.n, args.seed)  # a bad --out fails before the model loads
     image = read_image(args.image, args.max_pixels) if args.image else None
-    from ..train.uni import is_uni_dir
+    from .. import systems
 
-    if is_uni_dir(args.model):
-        return run_uni(args, image)
-    return run_lladao(args, image)
+    loaded = systems.open(args.model)
+    if "draw" not in loaded.system.capabilities:
+        raise ValueError(f"the model at {args.model} is a {loaded.system.title} model: it cannot draw")
+    if loaded.system.name == "uni":
+        return run_uni(args, image, loaded)
+    return run_lladao(args, image, loaded)
 
 
-def run_uni(args, image) -> int:
+def run_uni(args, image, loaded) -> int:
     """Uni: image codes by block diffusion with CFG, then the decoder; with --image, an edit."""
     from ..sampling.image import draw_uni, edit_uni
-    from ..train.uni import load_uni_model
-
     given = [f"--{k.replace('_', '-')}" for k in LLADAO_ONLY if getattr(args, k, None) is not None]
     if given:
         raise ValueError(f"{', '.join(given)}: LLaDA-o options; a Uni model draws from a text prompt")
-    model, tok = load_uni_model(args.model)
+    model, tok = loaded.model, loaded.tokenizer
     kw = dict(n=args.n, seed=args.seed, cfg=args.cfg, distilled=not args.full_ode, decoder_steps=args.steps)
     images = edit_uni(model, tok, image, args.prompt, **kw) if image is not None else \
         draw_uni(model, tok, [args.prompt], **kw)

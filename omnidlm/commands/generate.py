@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 from .args import device, nonnegative_float, nonnegative_int, positive_float, positive_int, probability, seed
 
@@ -146,13 +145,13 @@ def until_eos(ids: list[int], eos_id: int | None) -> list[int]:
 
 def run(args) -> int:
     from .. import load
-    from ..sequence.tokenizer import Tokenizer
+    from ..formats.core import read_tokenizer, resolve
 
     start = time.perf_counter()
     overrides = {"mask_id": args.mask_id} if args.mask_id is not None else {}
-    model = prepare(load(args.model, device=args.device, **overrides), args)
-    has_tokenizer = (Path(args.model) / "tokenizer.json").is_file()
-    tokenizer = Tokenizer.from_file(args.model) if has_tokenizer else None
+    directory = resolve(args.model)
+    model = prepare(load(directory, device=args.device, **overrides), args)
+    tokenizer = read_tokenizer(directory) if (directory / "tokenizer.json").is_file() else None
     args.sampler = args.sampler or ("llada2" if model.config.attention == "block" else "llada")
     ids = prompt_ids(args, tokenizer)
     loaded = time.perf_counter()

@@ -84,15 +84,14 @@ def render(frames, tokenizer, mask_id, eos_id, width):
 
 
 def run(args) -> int:
-    from .. import load
+    from .. import systems
     from ..sampling.engine import BatchEngine, SamplingConfig
     from ..sampling.policies import Threshold
-    from ..sequence.tokenizer import Tokenizer
 
     if not args.prompt.strip():
         raise ValueError("the prompt is empty")
-    model = load(args.model, device=args.device)
-    tokenizer = Tokenizer.from_file(args.model)
+    loaded = systems.open(args.model, device=args.device)
+    model, tokenizer = loaded.model, loaded.tokenizer
     cache = "exact" if model.config.attention == "block" else "approx"
     engine = BatchEngine(model, SamplingConfig(max_new_tokens=args.max_tokens, cache=cache,
                                                policy=Threshold(args.threshold, model.config.block_size)), max_batch=1)

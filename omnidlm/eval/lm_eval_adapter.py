@@ -22,7 +22,6 @@ from lm_eval.api.registry import register_model
 
 from ..sampling.engine import SamplingConfig, generate
 from ..sampling.policies import Threshold
-from ..sequence.tokenizer import Tokenizer
 from .likelihood import loglikelihood
 
 
@@ -51,7 +50,7 @@ class OmnidlmLM(LM):
     def __init__(self, pretrained: str, mc_num: int = 64, mc_batch: int | None = None, max_gen_toks: int = 256,
                  threshold: float = 0.9, chat: bool = False, device: str | None = None, batch_size=8, **_):
         super().__init__()
-        from .. import load
+        from .. import systems
 
         self.mc_num, self.mc_batch = likelihood_batches(mc_num, mc_batch)
         self.max_gen_toks, self.threshold = int(max_gen_toks), float(threshold)
@@ -60,8 +59,8 @@ class OmnidlmLM(LM):
         self.chat = chat if isinstance(chat, bool) else str(chat).lower() in ("1", "true", "yes")
         self.batch = 8 if str(batch_size).startswith("auto") else int(batch_size)
         self._device = resolve_device(device)  # LM.device reads it
-        self.model = load(pretrained, device=self._device)
-        self.tokenizer = Tokenizer.from_file(pretrained)
+        loaded = systems.open(pretrained, device=self._device)
+        self.model, self.tokenizer = loaded.model, loaded.tokenizer
 
     def _encode_context(self, text: str) -> list[int]:
         if self.chat:

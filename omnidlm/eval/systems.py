@@ -14,10 +14,11 @@ SYSTEMS = ("lladao", "uni")
 
 
 def lladao_row(path: str, n: int, per_digit: int) -> dict:
-    from ..train.omni import load_omni
+    from .. import systems
     from . import omni_digits as E
 
-    model, tok = load_omni(path)
+    loaded = systems.open(path)
+    model, tok = loaded.model, loaded.tokenizer
     q = E.question_accuracy(model, tok, n)
     d = E.drawing_accuracy(model, tok, per_digit, steps=30)
     return {"system": "lladao", "model": path, "question_accuracy": q["accuracy"], "drawing_accuracy": d["accuracy"],
@@ -28,11 +29,12 @@ def lladao_row(path: str, n: int, per_digit: int) -> dict:
 
 
 def uni_row(path: str, n: int, per_digit: int) -> dict:
-    from ..train.uni import load_uni_model
+    from .. import systems
     from . import uni_digits as E
     from .omni_digits import sample_diversity
 
-    model, tok = load_uni_model(path)
+    loaded = systems.open(path)
+    model, tok = loaded.model, loaded.tokenizer
     q = E.question_accuracy(model, tok, n)
     d = E.drawing_accuracy(model, tok, per_digit)
     e = E.edit_accuracy(model, tok, limit=min(n, 40))

@@ -16,35 +16,63 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
 
 
-class TensorSource:
-    """Lazy, name-addressed access to the tensors of a checkpoint directory."""
+def open_safetensors(path: Path, device: str = "cpu"):
+    """`safe_open(path)`; an empty, truncated or header-corrupted file is a ValueError naming it."""
+    try:
+        return safe_open(path, framework="pt", device=device)
+    except SafetensorError as error:
+        raise ValueError(f"{path} is not a readable safetensors file (empty, truncated or corrupted): {error}") from None
 
-    def __init__(self, directory: str | Path, device: str = "cpu"):
+
+class TensorSource:
+    """Lazy, name-addressed access to the tensors of a checkpoint directory.
+
+    `single` is the one-file name (`model.safetensors`, `ema.safetensors`, `ae.safetensors`) and
+    `index` the shard index beside it, if the layout has one; the index wins when both exist.
+    """
+
+    def __init__(self, directory: str | Path, device: str = "cpu", single: str = SINGLE, index: str | None = INDEX):
         self.directory = Path(directory)
+        self.single, self.index = single, index
         self.file_of = self._index()
         self._handles = {}
         self.device = device
 
     def _index(self) -> dict[str, str]:
-        index = self.directory / INDEX
-        if index.is_file():
-            weight_map = json.loads(index.read_text())["weight_map"]
-            missing = sorted({f for f in weight_map.values() if not (self.directory / f).is_file()})
-            if missing:
-                raise FileNotFoundError(f"{index} names shard(s) that do not exist: {missing}")
-            return weight_map
-        single = self.directory / SINGLE
+        if self.index and (self.directory / self.index).is_file():
+            return self._weight_map(self.directory / self.index)
+        single = self.directory / self.single
         if not single.is_file():
-            raise FileNotFoundError(f"no weights in {self.directory}: neither {SINGLE} nor {INDEX} exists")
-        with safe_open(single, framework="pt") as f:
-            return {key: SINGLE for key in f.keys()}
+            wanted = self.single + (f" nor {self.index}" if self.index else "")
+            raise FileNotFoundError(f"no weights in {self.directory}: neither {wanted} exists" if self.index
+                                    else f"no weights in {self.directory}: {wanted} does not exist")
+        with open_safetensors(single) as f:
+            return {key: self.single for key in f.keys()}
+
+    def _weight_map(self, index: Path) -> dict[str, str]:
+        """The index's key -> shard map; shards must be existing files inside the directory."""
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
+            raise ValueError(f"{index} is not a shard index (a JSON object with a 'weight_map'): {error}") from None
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise ValueError(f"{index}: 'weight_map' must map tensor names to file names")
+        root = self.directory.resolve()
+        outside = sorted({f for f in weight_map.values()
+                          if Path(f).is_absolute() or root not in (root / f).resolve().parents})
+        if outside:
+            raise ValueError(f"{index} names shard(s) outside the checkpoint directory: {outside}")
+        missing = sorted({f for f in weight_map.values() if not (self.directory / f).is_file()})
+        if missing:
+            raise FileNotFoundError(f"{index} names shard(s) that do not exist: {missing}")
+        return weight_map
 
     def keys(self) -> list[str]:
         return list(self.file_of)
@@ -52,19 +80,26 @@ class TensorSource:
     def __contains__(self, key: str) -> bool:
         return key in self.file_of
 
+    def file(self, key: str) -> Path:
+        """The file holding `key` (the directory when no file holds it)."""
+        return self.directory / self.file_of[key] if key in self.file_of else self.directory
+
     def shape(self, key: str) -> tuple[int, ...]:
         return tuple(self._handle(key).get_slice(key).get_shape())
 
     def get(self, key: str) -> torch.Tensor:
         if key not in self.file_of:
             raise KeyError(f"tensor {key!r} is missing from the checkpoint in {self.directory}")
-        return self._handle(key).get_tensor(key)
+        try:
+            return self._handle(key).get_tensor(key)
+        except SafetensorError as error:
+            raise ValueError(f"{self.file(key)}: tensor {key} cannot be read: {error}") from None
 
     def _handle(self, key: str):
         """The open shard holding `key`; only one shard stays mapped, so its pages can be dropped."""
         name = self.file_of[key]
         if name not in self._handles:
-            self._handles = {name: safe_open(self.directory / name, framework="pt", device=self.device)}
+            self._handles = {name: open_safetensors(self.directory / name, self.device)}
         return self._handles[name]
 
 

@@ -31,10 +31,11 @@ from safetensors.torch import save_file
 from ..config import ModelConfig
 from ..models.lladao import LLaDAO, LLaDAOConfig
 from ..models.vision import SIGLIP_SO400M
+from . import core
 from . import rules as R
 from .io import TensorSource, atomic_directory, write_json
 from .llada import llama_config, llama_config_json, llama_rules
-from .lladao import _build, _finish, _load_rules, _read_json, vit_rules
+from .lladao import vit_rules
 
 SIGLIP2_SO400M_384 = {**SIGLIP_SO400M, "image_size": 384}
 LLADA_V_TOWER = "model.vision_tower.vision_tower.vision_model."
@@ -76,9 +77,7 @@ def _token_ids(directory: Path, tokens) -> list[int]:
     path = directory / "tokenizer.json"
     if not path.is_file():
         return []
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(str(path))
+    tok = core.read_tokenizer(directory).hf  # a file that does not parse is named
     return [tok.token_to_id(t) for t in tokens if tok.token_to_id(t) is not None]
 
 
@@ -114,14 +113,15 @@ def llada_v_rules(model: LLaDAO, names: list[str]) -> list[R.Rule]:
 def load_llada_v(path: str | Path, device=None, dtype: torch.dtype | None = None, **overrides) -> LLaDAO:
     """Load LLaDA-V's layout as an understanding-only LLaDAO (no generation expert)."""
     directory, device = Path(path), torch.device(device or "cpu")
-    hf = _read_json(directory, "config.json")
-    model = _build(llada_v_config(hf, directory, **overrides))
+    hf = core.read_json(directory / "config.json")
+    model = core.build_meta(lambda: LLaDAO(llada_v_config(hf, directory, **overrides)))
     source = TensorSource(directory)
     # unused by design: the tower's post layer norm and pooling head, and the dropped last layer
     ignored = (LLADA_V_TOWER + "post_layernorm.", LLADA_V_TOWER + "head.",
                f"{LLADA_V_TOWER}encoder.layers.{model.vit.encoder.config.num_hidden_layers}.")
-    state = _load_rules(model, llada_v_rules(model, list(model.state_dict())), source, path, device, dtype, ignored)
-    model = _finish(model, state, device)
+    rules = llada_v_rules(model, list(model.state_dict()))
+    state = core.load_state(model, rules, source, device, dtype, ignored, layers_field="num_hidden_layers")
+    model = core.finish(model, state, device)
     model.source_format = "llada-v"
     return model
 

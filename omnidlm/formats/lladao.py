@@ -21,21 +21,19 @@ The latent and ViT position tables' sizes are read from the tensors' shapes.
 
 from __future__ import annotations
 
-import json
 import math
 import re
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..config import ModelConfig
 from ..models.latents import FLUX_VAE
 from ..models.lladao import LLaDAO, LLaDAOConfig
+from . import core
 from . import rules as R
 from .io import TensorSource, atomic_directory, write_json, write_weights
 from .llada import LLAMA_NAMES, _layer_rules, llama_config, llama_config_json
@@ -173,35 +171,8 @@ def ae_rules(vae_state: dict[str, torch.Tensor], n_blocks: int) -> list[R.Rule]:
 # --- files ------------------------------------------------------------------------------------------
 
 
-class _Source(TensorSource):
-    """TensorSource over a named file (`ae.safetensors`) or a named single/sharded pair (`ema`)."""
-
-    def __init__(self, directory: Path, single: str, index: str | None = None):
-        self._single, self._index_name = single, index
-        super().__init__(directory)
-
-    def _index(self) -> dict[str, str]:
-        if self._index_name and (self.directory / self._index_name).is_file():
-            weight_map = json.loads((self.directory / self._index_name).read_text())["weight_map"]
-            missing = sorted({f for f in weight_map.values() if not (self.directory / f).is_file()})
-            if missing:
-                raise FileNotFoundError(f"{self.directory / self._index_name} names shard(s) that do not exist: {missing}")
-            return weight_map
-        path = self.directory / self._single
-        if not path.is_file():
-            wanted = self._single + (f" or {self._index_name}" if self._index_name else "")
-            raise FileNotFoundError(f"no weights in {self.directory}: {wanted} does not exist")
-        with safe_open(path, framework="pt") as f:
-            return {key: self._single for key in f.keys()}
-
-
 def _read_json(directory: Path, name: str) -> dict:
-    path = directory / name
-    if not directory.is_dir():
-        raise FileNotFoundError(f"no checkpoint: {directory} does not exist")
-    if not path.is_file():
-        raise FileNotFoundError(f"LLaDA-o checkpoint {directory} lacks {name}")
-    return json.loads(path.read_text())
+    return core.read_json(directory / name)
 
 
 def _table_side(source: TensorSource, key: str, default: int) -> int:
@@ -266,67 +237,28 @@ def lladao_config(directory: Path, ema: TensorSource, **overrides) -> LLaDAOConf
     return cfg
 
 
-def _build(cfg: LLaDAOConfig) -> LLaDAO:
-    with torch.device("meta"):
-        return LLaDAO(cfg)
-
-
-def _load_rules(model: LLaDAO, rules: list[R.Rule], source: TensorSource, path, device, dtype, ignored=()) -> dict:
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    missing = [name for rule in rules for name in rule.sources if name not in source]
-    if missing:
-        raise KeyError(f"checkpoint {path} lacks {len(missing)} tensor(s) the config implies, e.g. {missing[:5]}")
-    unused = R.unused_keys(rules, source, ignored)
-    if unused:
-        warnings.warn(f"checkpoint {path} has {len(unused)} tensor(s) the model does not use, e.g. {unused[:5]}")
-
-    def convert(t):
-        return t.to(device=device, dtype=dtype if dtype is not None and t.is_floating_point() else t.dtype)
-
-    return dict(R.read(rules, source, expected, convert))
-
-
-def _finish(model: LLaDAO, state: dict, device) -> LLaDAO:
-    """Assign the loaded tensors; buffers the checkpoint does not hold (rotary) are rebuilt on device."""
-    model.load_state_dict(state, strict=True, assign=True)
-    lm = model.language_model
-    lm.rotary = type(lm.rotary)(lm.config.rotary_dim, lm.config.rope_theta).to(device)
-    for owner, name, buf in _meta_buffers(model):
-        if name != "position_ids":  # SigLIP's non-persistent arange; nothing else is expected
-            raise RuntimeError(f"buffer {name!r} of {type(owner).__name__} was not loaded")
-        owner.register_buffer(name, torch.arange(buf.shape[-1], device=device).expand(buf.shape), persistent=False)
-    return model.eval()
-
-
-def _meta_buffers(model: torch.nn.Module):
-    for module in model.modules():
-        for name, buf in list(module.named_buffers(recurse=False)):
-            if buf.is_meta:
-                yield module, name, buf
-
-
 def load_lladao(path: str | Path, device=None, dtype: torch.dtype | None = None, **overrides) -> LLaDAO:
     """Load a checkpoint in the published LLaDA-o layout; `overrides` replace language config fields."""
     directory, device = Path(path), torch.device(device or "cpu")
     _read_json(directory, LLM_CONFIG)  # the first file a reader needs: name it if it is missing
-    ema = _Source(directory, EMA, EMA_INDEX)
+    ema = TensorSource(directory, single=EMA, index=EMA_INDEX)
     cfg = lladao_config(directory, ema, **overrides)
     try:
-        model = _build(cfg)
+        model = core.build_meta(lambda: LLaDAO(cfg))
     except (KeyError, TypeError, ValueError) as error:
         vae = f", VAE from {vae_config(directory)[1]}" if cfg.generation else ""
         raise ValueError(f"{directory}: {LLM_CONFIG} / {VIT_CONFIG}{vae} do not describe a model: {error}") from None
     names = list(model.state_dict())
-    state = _load_rules(model, ema_rules(model, names), ema, path, device, dtype)
+    state = core.load_state(model, ema_rules(model, names), ema, device, dtype, layers_field="num_hidden_layers")
     if model.can_draw:
         vae_state = {k[len("vae."):]: v for k, v in model.state_dict().items() if k.startswith("vae.")}
         rules = ae_rules(vae_state, len(model.config.vae["block_out_channels"]))
         try:
-            state.update(_load_rules(model, rules, _Source(directory, AE), path, device, dtype))
+            state.update(core.load_state(model, rules, TensorSource(directory, single=AE, index=None), device, dtype))
         except (KeyError, ValueError) as error:  # the VAE config is a guess when the layout has none: say whose
             raise ValueError(f"{directory / AE} does not match the VAE of {vae_config(directory)[1]}: "
                              f"{error.args[0]}") from None
-    model = _finish(model, state, device)
+    model = core.finish(model, state, device)
     if model.config.freeze_und:
         model.freeze_understanding()
     model.source_format = "lladao"

@@ -16,6 +16,10 @@ import torch
 from .io import TensorSource
 
 
+class ShapeError(ValueError):
+    """A tensor whose shape is not the one the config implies."""
+
+
 @dataclass(frozen=True)
 class Rule:
     internal: str
@@ -50,21 +54,22 @@ def stack(internal: str, sources: list[str]) -> Rule:
     return Rule(internal, tuple(sources), "stack")
 
 
-def read(rules: list[Rule], source: TensorSource, expected: dict[str, tuple], convert) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield (internal name, tensor) per rule, checking shapes against the model built from the config.
-
-    `convert` places each tensor on its device and dtype as soon as it is read.
-    """
+def read(rules: list[Rule], source: TensorSource, expected: dict[str, tuple]) -> Iterator[tuple[Rule, torch.Tensor]]:
+    """Yield (rule, tensor) per rule, checking shapes against the model built from the config."""
     for rule in rules:
-        tensor = rule.combine([source.get(name) for name in rule.sources])
+        try:
+            tensor = rule.combine([source.get(name) for name in rule.sources])
+        except RuntimeError as error:  # parts that cannot be concatenated / reshaped
+            raise ValueError(f"{source.file(rule.sources[0])}: tensors {list(rule.sources)} do not form "
+                             f"{rule.internal}: {error}") from None
         want = expected.get(rule.internal)
         if want is not None and tuple(tensor.shape) != tuple(want):
             names = rule.sources[0] if len(rule.sources) == 1 else f"{rule.sources[0]} (+{len(rule.sources) - 1} more)"
-            raise ValueError(
-                f"tensor {names} has shape {tuple(tensor.shape)} but the config implies {tuple(want)}"
-                f" for {rule.internal}"
+            raise ShapeError(
+                f"{source.file(rule.sources[0])}: tensor {names} has shape {tuple(tensor.shape)} but the config "
+                f"implies {tuple(want)} for {rule.internal}"
             )
-        yield rule.internal, convert(tensor)
+        yield rule, tensor
 
 
 def write(rules: list[Rule], state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -33,21 +33,18 @@ The backbone part is an ordinary llada2 checkpoint: `omnidlm.load(path)` reads i
 
 from __future__ import annotations
 
-import json
 import shutil
-import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..config import ModelConfig
 from ..models.uni import LLaDA2Uni, UniConfig, UniVocab
+from . import FORMATS, config_json, core, read_config
 from . import load as load_backbone
-from . import read_config
 from . import rules as R
 from .io import TensorSource, atomic_directory, write_json, write_weights
-from .llada2 import llada2_config, llada2_config_json, llada2_rules
+from .llada2 import llada2_rules
 
 TOKENIZER_DIR, DECODER_DIR, STUDENT_DIR = "image_tokenizer", "decoder", "decoder_distilled"
 PARTS = {TOKENIZER_DIR: "tokenizer", DECODER_DIR: "decoder", STUDENT_DIR: "student"}  # folder -> attribute
@@ -66,17 +63,10 @@ def is_uni(hf: dict) -> bool:
 # --- config.json ---------------------------------------------------------------------------------------
 
 
-def _overrides(cfg: ModelConfig) -> dict:
-    """Fields of `cfg` that reading its llada2 config.json back would not reproduce."""
-    hf = llada2_config_json(cfg)
-    back = ModelConfig.from_dict(llada2_config(hf, []))
-    return {k: v for k, v in cfg.to_dict().items() if getattr(back, k) != v}
-
-
 def uni_config_json(cfg: UniConfig, components: list[str]) -> dict:
     vocab = {key: getattr(cfg.vocab, name) for name, key in VOCAB_FIELDS.items()}
-    return {**llada2_config_json(cfg.llm), **vocab, "uni_components": components,
-            "omnidlm_overrides": _overrides(cfg.llm)}
+    tensors = [name for rule in llada2_rules(cfg.llm) for name in rule.sources]
+    return {**config_json(FORMATS["llada2"], cfg.llm, tensors), **vocab, "uni_components": components}
 
 
 def vocab_from_json(hf: dict, path: Path) -> UniVocab:
@@ -103,30 +93,17 @@ def _save_part(directory: Path, module: nn.Module, max_shard_bytes: int | None) 
 
 
 def _load_part(directory: Path, build, device, dtype) -> nn.Module:
-    """`build(config)` + the tensors of `directory/model.safetensors`, checked name by name."""
+    """`build(config)` + the tensors of `directory/model.safetensors`, checked by the loading core."""
     cfg_path = directory / "config.json"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"Uni checkpoint lacks {cfg_path}")
     try:
-        module = build(json.loads(cfg_path.read_text()))
+        module = build(core.read_json(cfg_path))
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{cfg_path}: {e}") from None
     source = TensorSource(directory)  # names the missing model.safetensors / shard
-    expected = module.state_dict()
-    missing = [k for k in expected if k not in source]
-    if missing:
-        raise KeyError(f"{directory} lacks {len(missing)} tensor(s) of the {type(module).__name__}, e.g. {missing[:5]}")
-    unused = sorted(set(source.keys()) - set(expected))
-    if unused:
-        warnings.warn(f"{directory} has {len(unused)} tensor(s) the {type(module).__name__} does not use, e.g. {unused[:5]}")
-    state = {}
-    for name, want in expected.items():
-        tensor = source.get(name)
-        if tensor.shape != want.shape:
-            raise ValueError(f"tensor {name} in {directory} has shape {tuple(tensor.shape)} but the config implies "
-                             f"{tuple(want.shape)}")
-        state[name] = tensor
-    module.load_state_dict(state, strict=True)
+    rules = [R.one(name, name) for name in module.state_dict()]
+    module.load_state_dict(core.load_state(module, rules, source, layers_field=f"{cfg_path}'s layer count"))
     return module.to(device=device, dtype=dtype).eval()
 
 
@@ -176,7 +153,7 @@ def load_uni(path: str | Path, device=None, dtype: torch.dtype | None = None) ->
     unknown = sorted(set(components) - set(PARTS))
     if unknown:
         raise ValueError(f"{directory / 'config.json'} field 'uni_components' names unknown part(s) {unknown}")
-    backbone = load_backbone(directory, device, dtype, **hf.get("omnidlm_overrides", {}))
+    backbone = load_backbone(directory, device, dtype)  # applies `omnidlm_overrides`
     from ..models.uni_decoder import UniDecoder
     from ..models.vq import SiglipVQ
 

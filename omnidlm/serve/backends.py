@@ -222,28 +222,11 @@ def backend_for(model, tokenizer) -> TextBackend:
 
 
 def open_model(path: str, device: str = "cpu"):
-    """(model, tokenizer) of the checkpoint at `path`, whatever its system."""
-    import json
-    from pathlib import Path
+    """(model, tokenizer) of the checkpoint at `path`, whatever its system (the registry finds it)."""
+    from .. import systems
 
-    config = Path(path) / "config.json"
-    if config.is_file() and "mm_projector_type" in json.loads(config.read_text()):
-        from ..formats.llada_v import load_llada_v
-        from ..sequence.tokenizer import Tokenizer
-
-        return load_llada_v(path, device=device), Tokenizer.from_file(path)
-    if (Path(path) / "llm_config.json").is_file():
-        from ..train.omni import load_omni
-
-        return load_omni(path)
-    from ..train.uni import is_uni_dir, load_uni_model
-
-    if is_uni_dir(path):
-        return load_uni_model(path)
-    from .. import load
-    from ..sequence.tokenizer import Tokenizer
-
-    return load(path, device=device), Tokenizer.from_file(path)
+    loaded = systems.open(path, device=device)
+    return loaded.model, loaded.tokenizer
 
 
 def open_backend(path: str, device: str = "cpu") -> TextBackend:

@@ -324,18 +324,3 @@ def save_omni(model: LLaDAO, out: str | Path, summary: dict | None = None, overw
     if summary is not None:
         (path / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return path
-
-
-def load_omni(path: str | Path) -> tuple[LLaDAO, Tokenizer]:
-    """A LLaDA-o directory and its tokenizer (the character tokenizer when it ships none)."""
-    from ..formats.lladao import load_lladao
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no model at {path}")
-    return load_lladao(path).eval(), text_tokenizer(path)
-
-
-def text_tokenizer(path: Path) -> Tokenizer:
-    """A model directory's tokenizer.json, or the character tokenizer when it ships none."""
-    return Tokenizer.from_file(path) if (path / "tokenizer.json").exists() else Tokenizer(build_char_tokenizer())

@@ -37,7 +37,6 @@ from ..sequence.tokenizer import Tokenizer
 from ..data.augment import random_affine
 from . import checkpoint as C
 from .loop import Loop, Optim, backprop
-from .omni import text_tokenizer
 
 DEFAULT_TASKS = {"understanding": 0.45, "t2i": 0.3, "edit": 0.1, "interleaved": 0.075, "thinking": 0.075}
 
@@ -269,18 +268,3 @@ def save_uni_model(model, out: str | Path, summary: dict | None = None) -> Path:
     if summary is not None:
         (Path(path) / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return Path(path)
-
-
-def is_uni_dir(path: str | Path) -> bool:
-    """A Uni checkpoint directory (it has an `image_tokenizer/`)."""
-    return (Path(path) / "image_tokenizer").is_dir()
-
-
-def load_uni_model(path: str | Path):
-    """A Uni directory -> (LLaDA2Uni, text tokenizer); the character tokenizer when it ships none."""
-    from ..formats.uni import load_uni
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no model at {path}")
-    return load_uni(path).eval(), text_tokenizer(path)

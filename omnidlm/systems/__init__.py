@@ -1,0 +1,75 @@
+"""The registry of systems: one spec per member of the family, asked by every command, the server,
+`bench`, `eval` and `demo` instead of `if uni ... elif lladao` chains.
+
+A `System` says how to recognise its checkpoint layout (`detect`), how to load and save it, what it
+can do (`capabilities` within "text", "see", "draw", "edit", "interleave"), its training recipes
+and its default sampling settings (docs/architecture.md, "Systems").
+
+    loaded = open("models/lladao-digits")          # Loaded(system, model, tokenizer)
+    loaded.system.name, loaded.system.capabilities  # "lladao", {"text", "see", "draw", "edit"}
+    model = load("GSAI-ML/LLaDA-8B-Instruct")       # a local directory or a Hugging Face repo id
+    find("some/dir")                                # the System, or an error listing every layout looked for
+    system_of(model)                                # the System a model object belongs to
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..formats import core
+from .specs import SYSTEMS, System
+
+__all__ = ["System", "SYSTEMS", "Loaded", "find", "system_of", "open", "load", "save"]
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """What `open` returns: the system, its model and the tokenizer the checkpoint ships."""
+
+    system: System
+    model: object
+    tokenizer: object
+
+
+def find(path: str | Path, revision: str | None = None) -> System:
+    """The system whose layout `path` (a directory or a Hugging Face repo id) is in."""
+    directory = core.resolve(path, revision)
+    if not directory.is_dir():
+        what = "is a file, not a checkpoint directory" if directory.exists() else "does not exist"
+        raise FileNotFoundError(f"no checkpoint: {directory} {what}")
+    for system in SYSTEMS.values():
+        if system.detect(directory):
+            return system
+    looked = "; ".join(f"{s.title} ({s.layout})" for s in SYSTEMS.values())
+    present = sorted(p.name for p in directory.iterdir())[:12]
+    raise FileNotFoundError(f"{directory} is in no known checkpoint layout (it holds {present}); looked for: {looked}")
+
+
+def system_of(model) -> System:
+    """The system a model object belongs to (by its class and config)."""
+    for system in SYSTEMS.values():
+        if system.owns(model):
+            return system
+    raise ValueError(f"no system holds a {type(model).__name__}; systems: {sorted(SYSTEMS)}")
+
+
+def open(path: str | Path, device=None, dtype=None, revision: str | None = None, **overrides) -> Loaded:  # noqa: A001
+    """Load the model at `path` with its system and the tokenizer it ships (the character tokenizer,
+    with a warning, when it ships none)."""
+    directory = core.resolve(path, revision)
+    system = find(directory)
+    model = system.load(directory, device=device, dtype=dtype, **overrides)
+    return Loaded(system, model, core.read_tokenizer(directory))
+
+
+def load(path: str | Path, device=None, dtype=None, revision: str | None = None, **overrides):
+    """The model at `path`, whatever its layout (text, LLaDA-V, LLaDA-o, Uni)."""
+    directory = core.resolve(path, revision)
+    return find(directory).load(directory, device=device, dtype=dtype, **overrides)
+
+
+def save(model, path: str | Path, *args, **kw) -> Path:
+    """Write `model` in its system's layout (`format=` picks a text layout for text models)."""
+    return system_of(model).save(model, path, *args, **kw)
+
