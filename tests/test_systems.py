@@ -23,6 +23,7 @@ CASES = [  # path, system, model class
     (MODELS / "uni-digits", "uni", "LLaDA2Uni"),
     (FIXTURES / "llada-tiny", "llada", "Backbone"),
     (FIXTURES / "lladao-tiny", "lladao", "LLaDAO"),
+    (FIXTURES / "llada-v-tiny", "llada-v", "LLaDAO"),
 ]
 
 
