@@ -10,7 +10,29 @@ A published checkpoint's `config.json` is translated into a `ModelConfig` by its
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
+
+# what a field annotation admits (bool is not an int here: `n_layers: true` is a mistake)
+_KINDS = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "dict": (dict,)}
+
+
+def check_types(obj) -> None:
+    """Raise ValueError naming the first dataclass field whose value is not of its annotated type
+    (or a non-finite float): `hidden_size: "128"`, `n_layers: 4.5`, `rope_theta: NaN`."""
+    for f in dataclasses.fields(obj):
+        value, names = getattr(obj, f.name), [n.strip() for n in str(f.type).split("|")]
+        if value is None and "None" in names:
+            continue
+        kinds = tuple(t for n in names for t in _KINDS.get(n, ()))
+        if not kinds:
+            continue
+        ok = isinstance(value, kinds) and (bool in kinds or not isinstance(value, bool))
+        if ok and isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"config field {f.name!r} must be a finite number, got {value!r}")
+        if not ok:
+            raise ValueError(f"config field {f.name!r} must be {' or '.join(names)}, got {value!r} "
+                             f"({type(value).__name__})")
 
 
 def build_dataclass(cls, data: dict, what: str):
@@ -86,6 +108,7 @@ class ModelConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the first field that cannot describe a model."""
+        check_types(self)
         positive = ["vocab_size", "hidden_size", "n_layers", "n_heads", "intermediate_size", "max_seq_len"]
         for name in positive:
             if getattr(self, name) <= 0:
@@ -98,6 +121,10 @@ class ModelConfig:
             raise ValueError(f"config field 'partial_rotary_factor' gives an odd rotary dim {self.rotary_dim}")
         if not 0 <= self.mask_id < self.vocab_size:
             raise ValueError(f"config field 'mask_id' ({self.mask_id}) is outside the vocabulary ({self.vocab_size})")
+        for name in ("eos_id", "pad_id", "eot_id", "bos_id"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < self.vocab_size:
+                raise ValueError(f"config field {name!r} ({value}) is outside the vocabulary ({self.vocab_size})")
         if self.pad_token_id == self.mask_id:
             raise ValueError(f"config field 'pad_id' equals mask_id ({self.mask_id}): padding would be denoised")
         if self.attention not in ("full", "block"):

@@ -14,7 +14,7 @@ def register(sub) -> None:
     p.add_argument("--format", required=True, choices=sorted(FORMATS), help="layout to write")
     p.add_argument("--shard-size-mb", type=positive_float, default=None, help="split weights into shards of this size")
     p.add_argument("--mask-id", type=nonnegative_int, default=None, help="mask token id, when the source config lacks it")
-    p.add_argument("--force", action="store_true", help="replace DST if it exists")
+    p.add_argument("--force", action="store_true", help="write into an existing DST, replacing its checkpoint files only (other files stay)")
     p.set_defaults(func=run)
 
 

@@ -195,7 +195,11 @@ def save(model: Backbone, path: str | Path, format: str = "omnidlm", max_shard_b
 
 def convert(src: str | Path, dst: str | Path, format: str, max_shard_bytes: int | None = None,
             overwrite: bool = False, **overrides) -> Path:
-    """Re-write a checkpoint in another format, carrying its tokenizer files along; dtypes are kept."""
+    """Re-write a checkpoint in another format, carrying its tokenizer files along; dtypes are kept.
+    With `overwrite`, only the destination's checkpoint files are replaced (io.atomic_directory)."""
+    src = core.resolve(src)
+    if Path(dst).resolve() == src.resolve():
+        raise ValueError(f"the destination {dst} is the source checkpoint: write the conversion elsewhere")
     model = load(src, **overrides)
     extras = [Path(src) / f for f in TOKENIZER_FILES if (Path(src) / f).is_file()]
     return save(model, dst, format, max_shard_bytes, overwrite, extras)

@@ -32,6 +32,13 @@ _LAYER = re.compile(r"^(.*?\b(?:layers|blocks))\.(\d+)\.")
 _ANY_DTYPE = ("expert_bias",)
 
 
+class MissingTensors(KeyError):
+    """Tensors the config implies that the checkpoint lacks (a KeyError that prints without quotes)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 def read_json(path: Path) -> dict:
     """A JSON object file; a missing directory, file, bad JSON or a non-object is an error naming it."""
     path = Path(path)
@@ -81,7 +88,7 @@ def check_names(rules: list[R.Rule], source: TensorSource, ignored=(), layers_fi
         kept = [k for k in source.keys() if not k.startswith(tuple(ignored))]
         _layer_count_error(_layers_of(used), _layers_of(kept), source, layers_field)
     if missing:
-        raise KeyError(f"checkpoint {source.directory} lacks {len(missing)} tensor(s) the config implies, "
+        raise MissingTensors(f"checkpoint {source.directory} lacks {len(missing)} tensor(s) the config implies, "
                        f"e.g. {missing[:5]}")
     if unused:
         warnings.warn(f"checkpoint {source.directory} has {len(unused)} tensor(s) the model does not use, "
@@ -98,7 +105,7 @@ def _check_mixed(dtypes: dict[torch.dtype, str], source: TensorSource) -> None:
     if len(dtypes) > 1:
         seen = ", ".join(f"{name} is {str(d).removeprefix('torch.')}" for d, name in dtypes.items())
         raise ValueError(f"checkpoint {source.directory} mixes float dtypes ({seen}); "
-                         "pass dtype=... (--dtype) to load it in one dtype")
+                         "load it in one dtype: omnidlm.load(path, dtype=torch.float32)")
 
 
 def load_state(model: torch.nn.Module, rules: list[R.Rule], source: TensorSource, device=None,

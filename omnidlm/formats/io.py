@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -150,23 +151,67 @@ def follow_umask(root: Path) -> None:
             os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
 
 
+# a checkpoint directory's own files: replaced (or, if the new checkpoint lacks them, set aside) by an
+# overwrite; every other file in the destination (README.md, notes, plots) is left as it is
+CHECKPOINT_FILES = re.compile(
+    r"(config|llm_config|vit_config|ae_config|ae_params|tokenizer|tokenizer_config|special_tokens_map"
+    r"|generation_config)\.json|(model|ema)(-\d+-of-\d+)?\.safetensors|(model|ema)\.safetensors\.index\.json"
+    r"|ae\.safetensors|image_tokenizer|decoder|decoder_distilled")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(target: Path) -> list[Path]:
+    """Remove `.{name}.<pid>.<random>.tmp|.old` siblings of `target` that a killed writer left behind
+    (those of a live process are kept); returns what was removed."""
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.(?:(\d+)\.)?\w+\.(?:tmp|old)|\.{re.escape(target.name)}\.old")
+    removed = []
+    for path in target.parent.glob(f".{target.name}.*") if target.parent.is_dir() else []:
+        m = pattern.fullmatch(path.name)
+        if m and not (m.group(1) and int(m.group(1)) != os.getpid() and _alive(int(m.group(1)))):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+            removed.append(path)
+    return removed
+
+
+def _replace_entries(tmp: Path, target: Path) -> None:
+    """Move `tmp`'s entries into the existing `target`, setting aside the checkpoint files they replace
+    or that the new checkpoint lacks; other files of `target` stay."""
+    aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".old", dir=target.parent))
+    new = {p.name for p in tmp.iterdir()}
+    for path in list(target.iterdir()):
+        if path.name in new or CHECKPOINT_FILES.fullmatch(path.name):
+            os.replace(path, aside / path.name)
+    for name in sorted(new):
+        os.replace(tmp / name, target / name)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_directory(target: str | Path, overwrite: bool = False):
-    """Yield a temporary directory beside `target`; on success it replaces `target` in one rename."""
+    """Yield a temporary directory beside `target`; on success it becomes `target` in one rename, or,
+    when `target` exists and `overwrite` is set, its entries replace `target`'s checkpoint files only."""
     target = Path(target)
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} already exists; pass overwrite=True (--force) to replace it")
+    if target.exists() and not target.is_dir():
+        raise FileExistsError(f"{target} is a file, not a checkpoint directory")
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    remove_stale_temps(target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent))
     try:
         yield tmp
         follow_umask(tmp)
         if target.exists():
-            old = target.with_name(f".{target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
+            _replace_entries(tmp, target)
         else:
             os.replace(tmp, target)
     finally:
