@@ -95,6 +95,8 @@ def run(args) -> int:
         raise ValueError("--model is required (or --systems lladao,uni)")
     loaded = systems.open(args.model, device=args.device)
     model, tokenizer = loaded.model, loaded.tokenizer
+    if tokenizer is None:
+        raise ValueError(f"{args.model} ships no tokenizer.json: bench needs the model's tokenizer")
     if args.serve:
         return run_serve(model, tokenizer, args)
     if args.plot and not args.sweep:

@@ -158,16 +158,23 @@ def finish(model: torch.nn.Module, state: dict, device) -> torch.nn.Module:
     return model.eval()
 
 
-def read_tokenizer(directory: Path):
-    """The checkpoint's `tokenizer.json` as a `Tokenizer`; without one, the character tokenizer of the
-    shipped tiny models, with a warning saying so. A file that does not parse is an error naming it."""
-    from ..data.char_tokenizer import build_char_tokenizer
+def read_tokenizer(directory: Path, config=None):
+    """The checkpoint's `tokenizer.json` as a `Tokenizer`. Without one: the character tokenizer of the
+    shipped tiny models when its special ids fit `config` (a ModelConfig), else None, with a warning
+    saying which. A file that does not parse is an error naming it."""
+    from ..data.char_tokenizer import build_char_tokenizer, special_ids
     from ..sequence.tokenizer import Tokenizer
 
     path = Path(directory) / "tokenizer.json"
     if not path.is_file():
-        warnings.warn(f"{directory} ships no tokenizer.json: using the character tokenizer of the shipped tiny models")
-        return Tokenizer(build_char_tokenizer())
+        chars = Tokenizer(build_char_tokenizer())
+        ids = special_ids(chars.hf)
+        if config is None or (ids["mask_id"], ids["eos_id"]) == (config.mask_id, config.eos_id):
+            warnings.warn(f"{directory} ships no tokenizer.json: using the character tokenizer of the shipped tiny models")
+            return chars
+        warnings.warn(f"{directory} ships no tokenizer.json (and the character tokenizer's mask / EOS ids do not "
+                      "fit the model): text needs token ids")
+        return None
     try:
         return Tokenizer.from_file(path)
     except Exception as error:  # tokenizers raises a bare Exception for a file it cannot parse

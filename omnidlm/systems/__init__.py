@@ -25,7 +25,7 @@ __all__ = ["System", "SYSTEMS", "Loaded", "find", "system_of", "open", "load", "
 
 @dataclass(frozen=True)
 class Loaded:
-    """What `open` returns: the system, its model and the tokenizer the checkpoint ships."""
+    """What `open` returns: the system, its model and the tokenizer the checkpoint ships (or None)."""
 
     system: System
     model: object
@@ -55,12 +55,13 @@ def system_of(model) -> System:
 
 
 def open(path: str | Path, device=None, dtype=None, revision: str | None = None, **overrides) -> Loaded:  # noqa: A001
-    """Load the model at `path` with its system and the tokenizer it ships (the character tokenizer,
-    with a warning, when it ships none)."""
+    """Load the model at `path` with its system and the tokenizer it ships (when it ships none: the
+    character tokenizer if it fits the model, else None; a warning says which)."""
     directory = core.resolve(path, revision)
     system = find(directory)
     model = system.load(directory, device=device, dtype=dtype, **overrides)
-    return Loaded(system, model, core.read_tokenizer(directory))
+    text_config = getattr(model.config, "llm", model.config)  # the omni models keep it under .llm
+    return Loaded(system, model, core.read_tokenizer(directory, text_config))
 
 
 def load(path: str | Path, device=None, dtype=None, revision: str | None = None, **overrides):
