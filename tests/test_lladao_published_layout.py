@@ -53,3 +53,14 @@ def test_wrong_ae_params_names_the_file(tmp_path):
     (path / F.AE_PARAMS).write_text(json.dumps({**params, "ch": 16}))  # no GroupNorm(32) over 16 channels
     with pytest.raises(ValueError, match=r"ae_params\.json"):
         F.load_lladao(path)
+
+
+def test_bad_llm_config_names_the_file_and_field(tmp_path):
+    path = copy(tmp_path)
+    cfg = json.loads((path / F.LLM_CONFIG).read_text())
+    (path / F.LLM_CONFIG).write_text(json.dumps({k: v for k, v in cfg.items() if k != "hidden_size"}))
+    with pytest.raises(ValueError, match=r"llm_config\.json lacks the field 'hidden_size'"):
+        F.load_lladao(path)
+    (path / F.LLM_CONFIG).write_text(json.dumps({**cfg, "num_hidden_layers": 2.5}))
+    with pytest.raises(ValueError, match=r"llm_config\.json: config field 'n_layers' must be int"):
+        F.load_lladao(path)

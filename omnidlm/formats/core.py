@@ -14,6 +14,7 @@ checkpoint does not hold (rotary frequencies, position ids). Every error names t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -53,6 +54,18 @@ def read_json(path: Path) -> dict:
     if not isinstance(data, dict):
         raise ValueError(f"{path} must hold a JSON object, not a {type(data).__name__}")
     return data
+
+
+@contextlib.contextmanager
+def naming(path: Path):
+    """Re-raise what reading a config's fields raises (KeyError, TypeError, ValueError) as one
+    ValueError naming the file."""
+    try:
+        yield
+    except KeyError as error:
+        raise ValueError(f"{path} lacks the field {error.args[0]!r}") from None
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{path}: {error}") from None
 
 
 def build_meta(build):

@@ -223,7 +223,8 @@ def vae_config(directory: Path) -> tuple[dict, str]:
 def lladao_config(directory: Path, ema: TensorSource, **overrides) -> LLaDAOConfig:
     """The model config from `llm_config.json`, `vit_config.json`, the VAE config and tensor shapes."""
     hf = _read_json(directory, LLM_CONFIG)
-    llm = ModelConfig.from_dict({**llama_config(hf), "qk_norm": bool(hf.get("qk_norm", False)), **overrides})
+    with core.naming(directory / LLM_CONFIG):
+        llm = ModelConfig.from_dict({**llama_config(hf), "qk_norm": bool(hf.get("qk_norm", False)), **overrides})
     has_vit = any(k.startswith("vit_model.") for k in ema.keys())
     has_gen = any(".mlp_moe_gen." in k for k in ema.keys())
     vae = vae_config(directory)[0] if has_gen else None
