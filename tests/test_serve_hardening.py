@@ -48,9 +48,10 @@ def text_server():
 
 @pytest.fixture(scope="module")
 def omni_server():
-    from omnidlm.train.omni import load_omni
+    from omnidlm import systems
 
-    model, tokenizer = load_omni(ROOT / "models" / "lladao-digits")
+    loaded = systems.open(ROOT / "models" / "lladao-digits")
+    model, tokenizer = loaded.model, loaded.tokenizer
     server, url = start_server(create_app(model, tokenizer, "lladao-digits", limits=Limits(max_image_pixels=512 * 512)))
     yield url
     server.should_exit = True

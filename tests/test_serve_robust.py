@@ -123,9 +123,10 @@ def test_full_queue_is_429_for_streams_too_and_active_rows_are_reported():
 
 
 def test_a_timed_out_drawing_stops_and_frees_the_image_worker():
-    from omnidlm.train.omni import load_omni
+    from omnidlm import systems
 
-    model, tokenizer = load_omni(ROOT / "models" / "lladao-digits")
+    loaded = systems.open(ROOT / "models" / "lladao-digits")
+    model, tokenizer = loaded.model, loaded.tokenizer
     forwards = []
     model.register_forward_pre_hook(lambda module, args: forwards.append(1))
     app = create_app(model, tokenizer, "lladao-digits", max_queue=0, limits=Limits(timeout_s=0.3))

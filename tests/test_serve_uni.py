@@ -12,19 +12,20 @@ import openai
 import pytest
 from PIL import Image
 
+from omnidlm import systems
 from omnidlm.data.digits import WORDS, digit_images
 from omnidlm.eval.judge import DigitJudge
 from omnidlm.serve.app import create_app
 from omnidlm.serve.images import encode_png
 from omnidlm.serve.testing import start_server
-from omnidlm.train.uni import load_uni_model
 
 MODEL = "models/uni-digits"
 
 
 @pytest.fixture(scope="module")
 def served():
-    model, tokenizer = load_uni_model(MODEL)
+    loaded = systems.open(MODEL)
+    model, tokenizer = loaded.model, loaded.tokenizer
     app = create_app(model, tokenizer, "uni-digits", max_batch=8)
     server, url = start_server(app)
     yield app, url, openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
