@@ -69,7 +69,7 @@ CASES = {  # class -> (corruption, what the one error line must say)
     "field missing, tensors disagree": (lambda p: _drop_config(p, "intermediate_size"),
                                         r"has shape .* does not set the field\(s\) \['intermediate_size'\]"),
     "tokenizer.json does not parse": (lambda p: (p / "tokenizer.json").write_text("{not a tokenizer"),
-                                      r"tokenizer\.json is not a valid tokenizer file"),
+                                      r"tokenizer\.json: not a readable tokenizer"),
     "integer tensor": (lambda p: _tensors(p, _set(EMBED, lambda t: t.to(torch.int32))),
                        r"model\.safetensors: tensor embed\.weight is torch\.int32; weights must be floating point"),
     "mixed dtypes": (lambda p: _tensors(p, _set(EMBED, lambda t: t.to(torch.bfloat16))),

@@ -188,7 +188,9 @@ def read_tokenizer(directory: Path, config=None):
         warnings.warn(f"{directory} ships no tokenizer.json (and the character tokenizer's mask / EOS ids do not "
                       "fit the model): text needs token ids")
         return None
-    try:
-        return Tokenizer.from_file(path)
-    except Exception as error:  # tokenizers raises a bare Exception for a file it cannot parse
-        raise ValueError(f"{path} is not a valid tokenizer file: {error}") from None
+    try:  # the directory: with a tokenizer_config.json it goes through AutoTokenizer and its chat template
+        return Tokenizer.from_file(directory)
+    except (ValueError, FileNotFoundError):
+        raise  # already names the file
+    except Exception as error:  # transformers / tokenizers raise many classes for a file they cannot read
+        raise ValueError(f"{path}: not a readable tokenizer ({type(error).__name__}: {error})") from None
