@@ -28,3 +28,38 @@ def test_uni_answer_with_images_is_text_and_paths(tmp_path, capsys):
 def test_not_a_model_directory_is_named(tmp_path, capsys):
     assert main(["ask", "--model", str(tmp_path), "--image", "x.png", "Q?"]) == 2
     assert "not a LLaDA-V, LLaDA-o or LLaDA2.0-Uni model" in capsys.readouterr().err
+
+
+# --- the published LLaDA-o checkpoint (tests/data/fixtures/lladao-tiny) --------------------------------
+
+LLADAO_TINY = Path(__file__).parent / "data" / "fixtures" / "lladao-tiny"
+
+
+def published_image(tmp_path) -> Path:
+    """The fixture's understanding image as a PNG: its pixels are the recorded uint8 ones."""
+    import numpy as np
+    from PIL import Image
+
+    from conftest import reference
+
+    pixels = np.array(reference("lladao-tiny")["understanding_train"]["pixel_uint8_hwc"], dtype=np.uint8)
+    path = tmp_path / "image.png"
+    Image.fromarray(pixels, "RGB").save(path)
+    return path
+
+
+def test_prompt_ids_on_the_digits_model_are_refused(tmp_path, capsys):
+    assert main(["ask", "--model", str(LLADAO), "--image", str(published_image(tmp_path)), "--prompt-ids", "1,2"]) == 2
+    assert "--prompt-ids is for published LLaDA-o checkpoints" in capsys.readouterr().err
+
+
+def test_uni_knobs_mean_the_published_ones():
+    from argparse import Namespace
+
+    from omnidlm.commands.ask import uni_config
+
+    args = Namespace(threshold=None, gen_length=64, block_length=16, steps=16, policy=None, cache=None, temperature=0.0)
+    cfg = uni_config(args, block_size=32)
+    assert (cfg.max_new_tokens, cfg.block_length, cfg.policy.steps, cfg.policy.tau) == (64, 16, 4, 0.95)
+    default = uni_config(Namespace(**{**vars(args), "gen_length": None, "block_length": None, "steps": None}), 32)
+    assert (default.max_new_tokens, default.block_length, default.policy.steps) == (128, 32, 32)

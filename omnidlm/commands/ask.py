@@ -130,38 +130,80 @@ def answer_llada_v(args) -> dict:
 
 
 def answer_lladao(args) -> dict:
-    """LLaDA-o: its understanding sampler (threshold decoding against the prefilled prefix)."""
+    """LLaDA-o. A published checkpoint (it ships new_token_ids.json) answers in the published chat
+    layout with the published samplers' knobs; the digits models answer in their own template."""
+    from ..formats.lladao import image_marker_ids
+
+    markers = image_marker_ids(args.model)
+    if markers is None:
+        return answer_digits(args)
+    from .. import systems
+    from ..models.anyres import to_pixels
+    from ..sampling.omni import published_answer
+
+    loaded = systems.open(args.model)
+    model, tok = loaded.model, loaded.tokenizer
+    pixels = to_pixels(read_image(args.image, args.max_pixels, mode="RGB"))  # the published (x / 255 - 0.5) / 0.5
+    ids = parse_ids(args.prompt_ids) if args.prompt_ids is not None else tok.encode(args.question)
+    gen = args.gen_length or 128
+    block = args.block_length or gen
+    out = published_answer(model, ids, pixels, markers, gen, block, args.steps or gen, args.policy or "fixed",
+                           args.threshold if args.threshold is not None else 0.95, args.cache or "none",
+                           args.temperature)
+    return {"output_ids": out, "text": tok.decode(out) if tok is not None else None}
+
+
+def answer_digits(args) -> dict:
+    """The digits models (models/lladao-digits): their template, threshold decoding per block."""
+    from ..sampling.config import steps_per_block
     from ..sampling.omni import understand
     from .. import systems
 
-    image = read_image(args.image, args.max_pixels)
+    if args.prompt_ids is not None:
+        raise ValueError("--prompt-ids is for published LLaDA-o checkpoints (with new_token_ids.json); "
+                         "this model takes a question")
     loaded = systems.open(args.model)
     model, tok = loaded.model, loaded.tokenizer
     block = args.block_length or 32
     gen = args.gen_length or 4 * block
-    per_block = args.steps * block // gen if args.steps else None
-    ans = understand(model, tok, image, args.question, block_length=block, max_blocks=gen // block, steps=per_block,
+    per_block = steps_per_block(args.steps, gen, block) if args.steps else None
+    ans = understand(model, tok, read_image(args.image, args.max_pixels), args.question, block_length=block,
+                     max_blocks=gen // block, steps=per_block,
                      threshold=args.threshold if args.threshold is not None else 0.95)
     return {"output_ids": ans.ids, "text": ans.text}
 
 
 def answer_uni(args) -> dict:
     """Uni: an answer may hold images (interleaved or thinking answers): they are written to --out."""
-    from ..sampling.uni import respond, sampling_config
     from .. import systems
+    from ..sampling.uni import respond
     from .draw import save_png
 
     image = read_image(args.image, args.max_pixels) if args.image else None
     loaded = systems.open(args.model)
     model, tok = loaded.model, loaded.tokenizer
-    threshold = args.threshold if args.threshold is not None else 0.95
-    answer = respond(model, tok, args.question, image, config=sampling_config(threshold=threshold))
+    answer = respond(model, tok, args.question, image, config=uni_config(args, model.config.llm.block_size))
     paths = []
     for i, img in enumerate(answer.images):
         path = Path(args.out or ".") / f"answer_{i}.png"
         save_png(img, path, scale=4)
         paths.append(str(path))
     return {"text": answer.text, "images": paths}
+
+
+def uni_config(args, block_size: int):
+    """Uni's sampling settings (threshold 0.95, the model's blocks, 128 tokens) with the flags given."""
+    import dataclasses
+
+    from ..sampling.config import steps_per_block
+    from ..sampling.policies import make_policy
+    from ..sampling.uni import sampling_config
+
+    threshold = args.threshold if args.threshold is not None else 0.95
+    cfg = sampling_config(args.gen_length or 128, threshold, temperature=args.temperature)
+    cfg = dataclasses.replace(cfg, block_length=args.block_length or block_size, cache=args.cache or cfg.cache)
+    per_block = steps_per_block(args.steps, cfg.max_new_tokens, cfg.block_length) if args.steps else cfg.policy.steps
+    return dataclasses.replace(cfg, policy=make_policy(args.policy or "threshold", per_block, threshold))
 
 
 ANSWERS = {"llada-v": answer_llada_v, "lladao": answer_lladao, "uni": answer_uni}

@@ -3,6 +3,7 @@ per-row settings, SPRINT) and the settings under which the engine is a published
 
     cfg = SamplingConfig(max_new_tokens=128, cache="exact", policy=Threshold(0.9, 32))
     cfg = reference_config("full", block_length=32, max_new_tokens=128, steps_per_block=32)
+    per_block = steps_per_block(steps=128, gen_length=128, block_length=32)   # the published `steps` -> 32
 
 A request may override the per-row part (temperature, top-k, top-p, policy, ban ids) with its own
 `RowSettings` (sampling/rows.py).
@@ -74,3 +75,17 @@ def reference_config(attention: str, block_length: int, max_new_tokens: int, ste
     policy = FixedSteps(steps_per_block) if threshold is None else Threshold(threshold, steps_per_block)
     return SamplingConfig(max_new_tokens=max_new_tokens, block_length=block_length, attention=attention,
                           cache="none", policy=policy, stop_at_eos=attention == "block")
+
+
+def steps_per_block(steps: int, gen_length: int, block_length: int) -> int:
+    """The published samplers' `steps` (over the whole answer) -> steps per block; ValueError naming
+    the flag that does not divide."""
+    if min(steps, gen_length, block_length) <= 0:
+        raise ValueError(f"steps ({steps}), gen_length ({gen_length}) and block_length ({block_length}) must be positive")
+    if gen_length % block_length:
+        raise ValueError(f"gen_length ({gen_length}) must be a multiple of block_length ({block_length})")
+    blocks = gen_length // block_length
+    if steps % blocks:
+        raise ValueError(f"steps ({steps}) must be a multiple of the number of blocks "
+                         f"(gen_length / block_length = {blocks})")
+    return steps // blocks

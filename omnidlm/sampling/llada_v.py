@@ -27,6 +27,7 @@ import torch
 
 from ..models.anyres import IMAGE_TOKEN_INDEX, embed_prompt
 from ..sequence.chat import render_chat
+from .config import steps_per_block
 from .engine import BatchEngine, Request, SamplingConfig
 from .policies import make_policy
 from .prefix import Prefix
@@ -76,20 +77,6 @@ def banned_ids(tokenizer) -> tuple[int, ...]:
 
 
 # --- answers on the engine ----------------------------------------------------------------------------
-
-
-def steps_per_block(steps: int, gen_length: int, block_length: int) -> int:
-    """The published samplers' `steps` (over the whole answer) -> steps per block; ValueError naming
-    the flag that does not divide."""
-    if min(steps, gen_length, block_length) <= 0:
-        raise ValueError(f"steps ({steps}), gen_length ({gen_length}) and block_length ({block_length}) must be positive")
-    if gen_length % block_length:
-        raise ValueError(f"gen_length ({gen_length}) must be a multiple of block_length ({block_length})")
-    blocks = gen_length // block_length
-    if steps % blocks:
-        raise ValueError(f"steps ({steps}) must be a multiple of the number of blocks "
-                         f"(gen_length / block_length = {blocks})")
-    return steps // blocks
 
 
 def request(model, ids: list[int], images: list, gen_length: int) -> Request:
