@@ -48,6 +48,20 @@ def published_image(tmp_path) -> Path:
     return path
 
 
+def test_lladao_published_chats_give_the_recorded_ids(tmp_path, capsys):
+    from conftest import reference
+
+    recorded = reference("lladao-tiny")["understanding_generate"]
+    base = ["ask", "--model", str(LLADAO_TINY), "--image", str(published_image(tmp_path)), "--prompt-ids",
+            "441,14,125,125", "--gen-length", "8", "--block-length", "4", "--steps", "8", "--temperature", "0", "--json"]
+    for name, knobs in [("chat_no_cache", ["--policy", "fixed", "--cache", "none"]),
+                        ("chat_block_cache", ["--policy", "threshold", "--threshold", "0.95", "--cache", "exact"])]:
+        assert main(base + knobs) == 0
+        lines = capsys.readouterr().out.strip().splitlines()
+        assert len(lines) == 1
+        assert json.loads(lines[0])["output_ids"] == recorded[name]["output_ids"], name
+
+
 def test_prompt_ids_on_the_digits_model_are_refused(tmp_path, capsys):
     assert main(["ask", "--model", str(LLADAO), "--image", str(published_image(tmp_path)), "--prompt-ids", "1,2"]) == 2
     assert "--prompt-ids is for published LLaDA-o checkpoints" in capsys.readouterr().err
