@@ -108,7 +108,7 @@ def test_list_shows_every_recipe(capsys):
     assert main(["train", "--list"]) == 0
     recipes = json.loads(capsys.readouterr().out)["recipes"]
     assert {"synthetic-text", "synthetic-tiny", "synthetic-moe-tiny", "chat-sft", "chat-lora", "digits-lladao", "digits-lladao-tiny",
-            "digits-uni", "digits-uni-tiny"} <= set(recipes)
+            "digits-uni", "digits-uni-tiny", "digits-uni-tune"} <= set(recipes)
 
 
 def listed(capsys, *args) -> dict:

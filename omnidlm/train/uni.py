@@ -13,6 +13,10 @@ Three parts are trained in turn, each frozen before the next:
     from omnidlm.train.uni import digits_uni, train_uni
     model, summary = train_uni(digits_uni(), "runs/uni")
     omnidlm train --recipe digits-uni --out runs/uni     # the same, from a shell
+    omnidlm train --recipe digits-uni-tune --out runs/uni-tune init_from=runs/uni   # stage 3 again, tuned
+
+With `init_from` (recipe `digits-uni-tune`) parts 1 and 2 are those of that model, frozen, and only
+the backbone trains on the recipe's task mix.
 
 Every part trains on the shared loop (`train/loop.py`).
 """
@@ -82,6 +86,7 @@ class UniTrainConfig:
     seed: int = 0
     threads: int = 1
     time_limit: float = 0.0  # seconds for the whole recipe; 0: none (the backbone stops early)
+    init_from: str | None = None  # fine-tune this Uni model's backbone; its tokenizer and decoders stay as they are
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -122,7 +127,20 @@ def digits_uni_tiny() -> UniTrainConfig:
                           warmup=1)
 
 
-UNI_RECIPES = {"digits-uni": digits_uni, "digits-uni-tiny": digits_uni_tiny}
+TUNE_TASKS = {"understanding": 0.15, "t2i": 0.1, "edit": 0.1, "interleaved": 0.5, "thinking": 0.15}
+
+
+def digits_uni_tune() -> UniTrainConfig:
+    """Recipe `digits-uni-tune`: a `digits-uni` model's backbone fine-tuned on a mix weighted towards
+    the interleaved and thinking answers (half the batches interleaved), the other tasks kept in
+    the mix so they do not regress; the tokenizer and decoders are reused as they are. The shipped
+    `models/uni-digits` is this recipe run once on the `digits-uni` model (so running it again on
+    the shipped model tunes it a second time; `init_from=runs/uni` for a fresh `digits-uni` run)."""
+    return UniTrainConfig(recipe="digits-uni-tune", init_from="models/uni-digits", steps=450, lr=8e-4, warmup=20,
+                          t_high=1.0, tasks=dict(TUNE_TASKS), time_limit=1500.0, seed=1, threads=2)
+
+
+UNI_RECIPES = {"digits-uni": digits_uni, "digits-uni-tiny": digits_uni_tiny, "digits-uni-tune": digits_uni_tune}
 
 
 # --- the parts ------------------------------------------------------------------------------------
@@ -223,21 +241,42 @@ def fit_backbone(backbone, tasks: UB.DigitsUniTasks, cfg: UniTrainConfig, progre
 
 
 def train_uni(cfg: UniTrainConfig, out: str | Path | None = None, progress: bool = True, force: bool = False):
-    """Tokenizer, decoder, backbone; save to `out` when given (a non-empty `out` only with `force`;
-    each stage's records go to `out/metrics.jsonl`). -> (LLaDA2Uni, summary)."""
+    """Tokenizer, decoder, backbone (or, with `init_from`, the backbone of that model alone); save to
+    `out` when given (a non-empty `out` only with `force`; each stage's records go to
+    `out/metrics.jsonl`). -> (LLaDA2Uni, summary)."""
     from ..data.digits import digit_images
-    from ..models.uni import LLaDA2Uni, UniConfig
 
     run = C.prepare_run(out, force) if out is not None else None
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.set_flush_denormal(True)
     torch.manual_seed(cfg.seed)
-    start, seconds = time.time(), {}
+    start = time.time()
     images, labels = digit_images("train", cfg.image_size)
-    pixels = to_pixels(images)
+    build = pretrained_parts if cfg.init_from else trained_parts
+    model, codes, parts, seconds = build(cfg, to_pixels(images), labels, progress, run)
+    tasks = UB.DigitsUniTasks(UB.UniCodec(Tokenizer(build_char_tokenizer()), model.vocab), codes, labels,
+                              cfg.tasks, text_drop=cfg.text_drop)
+    metrics = fit_backbone(model.backbone, tasks, cfg, progress, start, run)
+    model.eval()
+    seconds["backbone"] = time.time() - start - sum(seconds.values())
+    summary = {"recipe": cfg.recipe, "seconds": round(time.time() - start, 1),
+               "part_seconds": {k: round(v, 1) for k, v in seconds.items()},
+               "parameters": sum(p.numel() for p in model.parameters()), **parts, **metrics, "config": cfg.to_dict()}
+    if run is not None:
+        with C.keeping(run, ["metrics.jsonl"]):  # the save replaces the directory
+            save_uni_model(model, run, summary)
+    return model, summary
+
+
+def trained_parts(cfg: UniTrainConfig, pixels, labels, progress: bool, run):
+    """Stages 1 and 2: the tokenizer and the decoders trained, a fresh backbone.
+    -> (model, codes (A, N, h, w), summary parts, seconds per part)."""
+    from ..models.uni import LLaDA2Uni, UniConfig
+
+    start, seconds = time.time(), {}
     vq, tok_stats = train_tokenizer_part(cfg, pixels, labels, progress, run)
-    codes = tokenize_augmented(vq, pixels, cfg.augmented_copies, cfg.seed)  # (A, N, h, w)
+    codes = tokenize_augmented(vq, pixels, cfg.augmented_copies, cfg.seed)
     tok_stats["augmented_usage"] = vq.usage(codes)
     seconds["tokenizer"] = time.time() - start
     teacher, student, dec_stats = train_decoder_part(cfg, codes[0], vq.config["codebook_size"], progress, run)
@@ -246,19 +285,23 @@ def train_uni(cfg: UniTrainConfig, out: str | Path | None = None, progress: bool
     uni_cfg = UniConfig(llm=backbone_config(cfg, vocab), vocab=vocab, tokenizer=dict(vq.config),
                         decoder=dict(teacher.config))
     model = LLaDA2Uni(uni_cfg, tokenizer=vq, decoder=teacher, student=student)
-    text_tok = Tokenizer(build_char_tokenizer())
-    tasks = UB.DigitsUniTasks(UB.UniCodec(text_tok, vocab), codes, labels, cfg.tasks, text_drop=cfg.text_drop)
-    metrics = fit_backbone(model.backbone, tasks, cfg, progress, start, run)
-    model.eval()
-    seconds["backbone"] = time.time() - start - seconds["tokenizer"] - seconds["decoder"]
-    summary = {"recipe": cfg.recipe, "seconds": round(time.time() - start, 1),
-               "part_seconds": {k: round(v, 1) for k, v in seconds.items()},
-               "parameters": sum(p.numel() for p in model.parameters()),
-               "tokenizer": tok_stats, "decoder": dec_stats, **metrics, "config": cfg.to_dict()}
-    if run is not None:
-        with C.keeping(run, ["metrics.jsonl"]):  # the save replaces the directory
-            save_uni_model(model, run, summary)
-    return model, summary
+    return model, codes, {"tokenizer": tok_stats, "decoder": dec_stats}, seconds
+
+
+def pretrained_parts(cfg: UniTrainConfig, pixels, labels, progress: bool, run):
+    """`init_from`: that model as it is (its frozen tokenizer re-tokenizes the training digits, its
+    decoders are kept); only its backbone trains. -> as `trained_parts`, the base's records as parts."""
+    start = time.time()
+    model, _ = load_uni_model(cfg.init_from)
+    model.requires_grad_(False)
+    model.backbone.requires_grad_(True)
+    codes = tokenize_augmented(model.tokenizer, pixels, cfg.augmented_copies, cfg.seed)
+    base = Path(cfg.init_from) / "train_summary.json"
+    base_summary = json.loads(base.read_text()) if base.exists() else {}
+    parts = {"init_from": str(cfg.init_from),
+             **{k: base_summary[k] for k in ("tokenizer", "decoder") if k in base_summary},
+             "base_backbone": {k: base_summary.get(k) for k in ("steps", "final_loss", "recipe")}}
+    return model, codes, parts, {"load": time.time() - start}
 
 
 def save_uni_model(model, out: str | Path, summary: dict | None = None) -> Path:
