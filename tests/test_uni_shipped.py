@@ -44,6 +44,20 @@ def test_edits_change_most_digits(shipped):
     assert edit_accuracy(*shipped, limit=10, seed=1)["accuracy"] >= 0.7
 
 
+def test_interleaved_pairs_floor_over_all_100_pairs(shipped):
+    from omnidlm.eval.uni_digits import interleaved_accuracy
+
+    pairs = interleaved_accuracy(*shipped)  # both digits named and drawn (judged), issue 12's floor
+    assert pairs["n"] == 100 and pairs["accuracy"] >= 0.8, [r for r in pairs["rows"] if not r["ok"]]
+
+
+def test_thinking_then_drawing_floor(shipped):
+    from omnidlm.eval.uni_digits import thinking_accuracy
+
+    thought = thinking_accuracy(*shipped)  # D = 0..8: "D plus 1 is E, so I draw a E" and a judged E
+    assert thought["n"] == 9 and thought["accuracy"] >= 0.8, [r for r in thought["rows"] if not r["ok"]]
+
+
 def test_ask_and_thinking_answers_end_to_end(tmp_path, capsys):
     images, _ = digit_images("heldout", 32)
     png = tmp_path / "d.png"
