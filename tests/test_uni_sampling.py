@@ -46,20 +46,21 @@ def test_recipe_reports_every_part_and_saves_the_distilled_decoder(trained):
 def test_tune_recipe_trains_only_the_backbone_of_init_from(trained, tmp_path):
     import dataclasses
 
-    from omnidlm.train.uni import digits_uni_tune, load_uni_model, train_uni
+    from omnidlm import systems
+    from omnidlm.train.uni import digits_uni_tune, train_uni
 
     base_dir, base, _, _ = trained
     cfg = dataclasses.replace(digits_uni_tune(), init_from=str(base_dir), steps=2, warmup=1, augmented_copies=2,
                               time_limit=0.0, threads=1)
     _, summary = train_uni(cfg, tmp_path / "tuned", progress=False)
-    tuned, _ = load_uni_model(tmp_path / "tuned")
+    tuned = systems.open(tmp_path / "tuned").model
     assert set(summary["part_seconds"]) == {"load", "backbone"} and summary["steps"] == 2
     assert summary["init_from"] == str(base_dir) and summary["tokenizer"]  # the base's records carried over
     for part in ("tokenizer", "decoder", "student"):  # frozen: the same weights as the base
         a, b = getattr(base, part).state_dict(), getattr(tuned, part).state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a), part
     assert any(not torch.equal(p, q) for p, q in zip(base.backbone.parameters(), tuned.backbone.parameters()))
-    with pytest.raises(FileNotFoundError, match="no model at"):
+    with pytest.raises(FileNotFoundError, match="missing does not exist"):
         train_uni(dataclasses.replace(cfg, init_from=str(tmp_path / "missing")), progress=False)
 
 

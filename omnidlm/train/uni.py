@@ -291,8 +291,10 @@ def trained_parts(cfg: UniTrainConfig, pixels, labels, progress: bool, run):
 def pretrained_parts(cfg: UniTrainConfig, pixels, labels, progress: bool, run):
     """`init_from`: that model as it is (its frozen tokenizer re-tokenizes the training digits, its
     decoders are kept); only its backbone trains. -> as `trained_parts`, the base's records as parts."""
+    from ..formats.uni import load_uni
+
     start = time.time()
-    model, _ = load_uni_model(cfg.init_from)
+    model = load_uni(cfg.init_from).eval()  # names a missing directory or a checkpoint that is not Uni
     model.requires_grad_(False)
     model.backbone.requires_grad_(True)
     codes = tokenize_augmented(model.tokenizer, pixels, cfg.augmented_copies, cfg.seed)
