@@ -225,9 +225,7 @@ def run(args) -> int:
     loaded = systems.open(args.model)
     if "draw" not in loaded.system.capabilities:
         raise ValueError(f"the model at {args.model} is a {loaded.system.title} model: it cannot draw")
-    if loaded.system.name == "uni":
-        return run_uni(args, image, loaded)
-    return run_lladao(args, image, loaded)
+    return DRAWERS[loaded.system.name](args, image, loaded)
 
 
 def run_uni(args, image, loaded) -> int:
@@ -242,3 +240,6 @@ def run_uni(args, image, loaded) -> int:
         draw_uni(model, tok, [args.prompt], **kw)
     write_all(images, args)
     return 0
+
+
+DRAWERS = {"uni": run_uni, "lladao": run_lladao}  # per system that draws: its sampler's flags
