@@ -68,8 +68,9 @@ def test_demo_end_to_end(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "held-out question accuracy" in text and "judged drawing accuracy" in text and "seconds per image" in text
     assert "sample diversity" in text
-    for name in ("drawings.png", "unmasking.gif", "unmasking.png", "demo.json"):
+    for name in ("drawings.png", "unmasking.gif", "unmasking.png", "table.png", "demo.json"):
         assert (out / "lladao" / name).exists(), name  # each system in its own folder
+    assert Image.open(out / "lladao" / "table.png").size[0] > 100  # the table as an image beside the grids
     assert sorted(p.name for p in out.iterdir()) == ["lladao"]
     # one token per iteration: the start frame, every iteration of a three-letter answer and its EOS
     assert Image.open(out / "lladao" / "unmasking.gif").n_frames >= 5

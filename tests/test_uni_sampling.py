@@ -162,7 +162,7 @@ def test_commands_on_a_uni_model(trained, tmp_path, capsys):
                  "--questions", "3", "--per-digit", "1"]) == 0
     printed = capsys.readouterr().out
     assert "judged edit accuracy" in printed and "interleaved pairs" in printed and "thinking" in printed
-    for name in ("edits.png", "free_answers.png", "thinking.png", "demo.json"):
+    for name in ("edits.png", "free_answers.png", "thinking.png", "table.png", "demo.json"):
         assert (tmp_path / "demo" / "uni" / name).exists(), name
     assert main(["bench", "--systems", "uni", "--uni-model", str(out), "--n", "2", "--per-digit", "1"]) == 0
     printed = capsys.readouterr().out

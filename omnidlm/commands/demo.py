@@ -159,6 +159,14 @@ def table(rows: list[tuple[str, str]]) -> str:
     return "\n".join([line, *(f"{k:<{width}}  {v}" for k, v in rows), line])
 
 
+def show_table(rows: list[tuple[str, str]], out: Path) -> None:
+    """Print the demo's table and write it as `table.png` beside the grids."""
+    from ..eval.plots import table_png
+
+    print(table(rows))
+    table_png([{"metric": k, "value": v} for k, v in rows], out / "table.png")
+
+
 def run(args) -> int:
     import torch
 
@@ -198,9 +206,10 @@ def run_lladao(args) -> int:
     cfg = model.config.llm
     frames = unmasking_frames(images[0], QUESTION, example.history, tok, cfg.mask_id, cfg.eos_id)
     write_unmasking(frames, out)
-    print(table(score_rows(model_dir, q, d, f"{args.steps} Euler steps, cfg {args.cfg}", summary=summary)))
+    show_table(score_rows(model_dir, q, d, f"{args.steps} Euler steps, cfg {args.cfg}", summary=summary), out)
     print(f"example: image {1500} -> {example.text!r}, unmasked one token per iteration ({len(frames)} frames)")
-    print(f"wrote {out / 'drawings.png'}, {out / 'unmasking.gif'}, {out / 'unmasking.png'}, {out / 'demo.json'}")
+    names = ("drawings.png", "unmasking.gif", "unmasking.png", "table.png", "demo.json")
+    print("wrote " + ", ".join(str(out / n) for n in names))
     record = {"system": "lladao", "question": {k: v for k, v in q.items()},
               "drawing": {k: d[k] for k in ("accuracy", "n", "seconds_per_image", "diversity")},
               "drawing_predicted": d["predicted"].tolist(), "training": summary}

@@ -13,7 +13,7 @@ import json
 
 import numpy as np
 
-from .demo import grid_png, load_or_train, score_rows, system_dir, table
+from .demo import grid_png, load_or_train, score_rows, show_table, system_dir
 from .args import shipped_model
 
 DEFAULT_UNI_MODEL = shipped_model("uni-digits")
@@ -76,8 +76,8 @@ def run_uni(args) -> int:
     edit_row = ("judged edit accuracy", f"{e['accuracy']:.1%}  ({e['n']} held-out digits changed)")
     rows = score_rows(model_dir, q, d, f"{d['decoder_steps']} decoder steps, distilled",
                       [edit_row, *free_rows(pairs, thinking)], summary)
-    print(table(rows))
-    names = ("drawings.png", "edits.png", "free_answers.png", "thinking.png", "demo.json")
+    show_table(rows, out)
+    names = ("drawings.png", "edits.png", "free_answers.png", "thinking.png", "table.png", "demo.json")
     print("wrote " + ", ".join(str(out / n) for n in names))
     strip = {"rows", "images"}
 

@@ -72,11 +72,13 @@ def table_png(rows: list[dict], path: str | Path, title: str | None = None) -> N
         raise ValueError("table_png: no rows")
     columns = list(rows[0])
     cells = [[_cell(r.get(c, "")) for c in columns] for r in rows]
-    width = max(4.0, 1.3 * len(columns))
+    chars = [max(len(c), *(len(row[j]) for row in cells)) + 2 for j, c in enumerate(columns)]  # widest text
+    width = max(4.0, 0.11 * sum(chars))  # inches: about 0.1 per character at 9 pt
     plt, fig = _figure(width, 0.6 + 0.32 * (len(rows) + 1))
     ax = fig.add_subplot()
     ax.axis("off")
-    table = ax.table(cellText=cells, colLabels=columns, loc="center", cellLoc="left", colLoc="left")
+    table = ax.table(cellText=cells, colLabels=columns, loc="center", cellLoc="left", colLoc="left",
+                     colWidths=[c / sum(chars) for c in chars])
     table.auto_set_font_size(False)
     table.set_fontsize(9)
     table.scale(1, 1.3)
