@@ -30,6 +30,7 @@ import torch
 
 from ..data import omni_batches as OB
 from ..sequence.segments import Layout, single, text, vit_image
+from .config import steps_per_block
 from .engine import BatchEngine, Request, SamplingConfig
 from .policies import make_policy, Threshold
 from .prefix import Prefix, split_mask
@@ -193,12 +194,9 @@ def published_config(model, gen_length: int, block_length: int, steps: int, poli
     block = steps x block_length / gen_length). cache "none": `chat(use_cache=False)` (full
     attention over [prefix | canvas]); "exact": `chat_block` (the prefix cached, block-causal
     blocks that see it), stopping at an EOS."""
-    if gen_length <= 1 or gen_length % block_length:
-        raise ValueError(f"gen_length ({gen_length}) must be a multiple of block_length ({block_length}) and > 1")
-    n_blocks = gen_length // block_length
-    if steps <= 0 or steps % n_blocks:
-        raise ValueError(f"steps ({steps}) must be a positive multiple of the number of blocks ({n_blocks})")
-    per_block = steps // n_blocks
+    if gen_length <= 1:
+        raise ValueError(f"gen_length ({gen_length}) must be > 1 (the answer opens with [bos])")
+    per_block = steps_per_block(steps, gen_length, block_length)
     if policy == "threshold":  # at least the top-1 per step, every step (the published rule never forces a commit)
         per_block = max(per_block, block_length)
     attention = "block" if cache == "exact" else "full"
