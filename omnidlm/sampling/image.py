@@ -15,8 +15,9 @@ position 0, as in training) and no cache: the canvas is a few dozen tokens. Each
 masked positions' code logits only, mixes conditional and unconditional logits
 (l_u + s (l_c - l_u), s = 1: off; the unconditional prompt is the empty one, as in training's
 caption dropout), samples a code per position (Gumbel, `temperature`) and commits the most confident
-(at least ceil(remaining / steps left), plus all above `threshold`). With a `sprint` setting the
-codes come from the engine instead, SPRINT included (no CFG there). The diffusion decoder then draws
+by the engine's rule (`policies.Threshold`: all above `threshold` when at least ceil(remaining /
+steps left) are, else that many, most confident first). With a `sprint` setting the codes come from
+the engine instead, SPRINT included (no CFG there). The diffusion decoder then draws
 pixels from the codes (`decoder_sample`: Euler ODE, time shift 6, optional CFG against its null
 condition).
 
@@ -39,6 +40,7 @@ from ..models.latents import decode_latents, encode_latents, patchify, unpatchif
 from ..sequence.masks import block_causal_mask
 from ..sequence.segments import text, vae_image
 from .engine import BatchEngine, Request
+from .policies import Threshold
 from .omni import model_image_size, prepare_image
 from .reference import gumbel_argmax
 from .uni import codec_of, encode_images, sampling_config
@@ -249,11 +251,9 @@ def sample_codes(model, prompt: list[int], uncond: list[int], n: int, grid: tupl
         conf = torch.softmax(guided.float(), -1).gather(-1, codes[..., None])[..., 0]
         masked = canvases[0][:, -n_codes:] == mask_id
         conf = torch.where(masked, conf, -math.inf)
-        left = int(masked[0].sum())
-        k = max(1, math.ceil(left / (steps - step)))
-        commit = (conf >= threshold) & masked
-        commit.scatter_(1, conf.topk(min(k, left), dim=1).indices, True)
-        commit &= masked
+        left = masked.sum(1)  # (n,)
+        minimum = torch.clamp(-(-left // (steps - step)), min=1).minimum(left)  # ceil(left / steps left)
+        commit = Threshold.commit_rows(conf, minimum, conf.new_full((n,), threshold)) & masked
         for c in canvases:
             c[:, -n_codes:] = torch.where(commit, codes + lo, c[:, -n_codes:])
         if not (canvases[0][:, -n_codes:] == mask_id).any():
