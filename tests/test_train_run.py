@@ -155,3 +155,14 @@ def test_cli_train_then_plot(tmp_path, capsys):
     assert "unknown train field 'betas'" in capsys.readouterr().err
     assert main(["train", "--recipe", "synthetic-tiny", "--out", str(out), "--resume", "lr=1"]) == 2
     assert "differing field(s): lr" in capsys.readouterr().err
+
+
+def _denormals_kept() -> bool:
+    return (torch.tensor([1e-30]) * torch.tensor([1e-10])).item() != 0.0  # 1e-40 is a float32 denormal
+
+
+def test_a_run_puts_back_the_process_wide_cpu_settings(tmp_path):
+    threads = torch.get_num_threads()
+    assert _denormals_kept()
+    train(tiny_cfg("max_steps=2", "threads=1"), tmp_path / "run")
+    assert torch.get_num_threads() == threads and _denormals_kept()  # a server in this process sees neither

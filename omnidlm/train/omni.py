@@ -36,7 +36,7 @@ from ..models.latents import build_vae, encode_latents
 from ..models.lladao import LLaDAO, LLaDAOConfig
 from ..sequence.tokenizer import Tokenizer
 from . import checkpoint as C
-from .loop import Loop, Optim, backprop
+from .loop import Loop, Optim, backprop, cpu_numerics
 from .vision import VisionPretrain, pretrain_vision
 
 DIGITS_VIT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=2,
@@ -256,31 +256,29 @@ def train_omni(cfg: OmniTrainConfig, out: str | Path | None = None, progress: bo
     from ..data.digits import digit_images
 
     run = C.prepare_run(out, force) if out is not None else None
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.set_flush_denormal(True)
-    torch.manual_seed(cfg.seed)
-    start = time.time()
-    images, labels = digit_images("train", cfg.image_size)
-    pixels = OB.to_pixels(images)  # (1500, 3, S, S)
-    vae = train_vae(cfg, pixels, progress, out=run)
-    with torch.no_grad():
-        latents = encode_latents(vae, pixels)  # (1500, C, S/2, S/2)
-    vae_seconds = time.time() - start
-    model = LLaDAO(model_config(cfg, dict(vae.config)))
-    model.vae.load_state_dict(vae.state_dict())
-    vit_stats = pretrain_tower(model, cfg, pixels, labels, progress, run) if cfg.vit_pretrain else {}
-    if cfg.freeze_vit:
-        model.vit.requires_grad_(False)
-    codec = OB.PromptCodec(Tokenizer(build_char_tokenizer()))
-    data = DigitsOmniData(cfg, pixels, labels, latents, codec)
-    metrics = fit(model, data, cfg, progress, start, run)
-    summary = {"recipe": cfg.recipe, "seconds": round(time.time() - start, 1), "vae_seconds": round(vae_seconds, 1),
-               "parameters": model.num_parameters(), **vit_stats, **metrics, "config": cfg.to_dict()}
-    if run is not None:
-        with C.keeping(run, ["metrics.jsonl"]):  # the save replaces the directory
-            save_omni(model, run, summary)
-    return model, summary
+    with cpu_numerics(cfg.threads):
+        torch.manual_seed(cfg.seed)
+        start = time.time()
+        images, labels = digit_images("train", cfg.image_size)
+        pixels = OB.to_pixels(images)  # (1500, 3, S, S)
+        vae = train_vae(cfg, pixels, progress, out=run)
+        with torch.no_grad():
+            latents = encode_latents(vae, pixels)  # (1500, C, S/2, S/2)
+        vae_seconds = time.time() - start
+        model = LLaDAO(model_config(cfg, dict(vae.config)))
+        model.vae.load_state_dict(vae.state_dict())
+        vit_stats = pretrain_tower(model, cfg, pixels, labels, progress, run) if cfg.vit_pretrain else {}
+        if cfg.freeze_vit:
+            model.vit.requires_grad_(False)
+        codec = OB.PromptCodec(Tokenizer(build_char_tokenizer()))
+        data = DigitsOmniData(cfg, pixels, labels, latents, codec)
+        metrics = fit(model, data, cfg, progress, start, run)
+        summary = {"recipe": cfg.recipe, "seconds": round(time.time() - start, 1), "vae_seconds": round(vae_seconds, 1),
+                   "parameters": model.num_parameters(), **vit_stats, **metrics, "config": cfg.to_dict()}
+        if run is not None:
+            with C.keeping(run, ["metrics.jsonl"]):  # the save replaces the directory
+                save_omni(model, run, summary)
+        return model, summary
 
 
 def pretrain_tower(model: LLaDAO, cfg: OmniTrainConfig, pixels: torch.Tensor, labels, progress: bool,

@@ -31,7 +31,7 @@ from . import checkpoint as C
 from . import distributed as D
 from .data import make_source
 from .lora import apply_lora, merge_lora
-from .loop import Loop, Optim
+from .loop import Loop, Optim, cpu_numerics
 from .objectives import micro_batches
 from .recipes import TrainConfig, config_differences
 
@@ -56,10 +56,8 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, out: str | Path, resume: bool = False, force: bool = False):
         self.out = Path(out)
         self.dist = D.setup(cfg.parallel)
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        if self.dist.device.type == "cpu":
-            torch.set_flush_denormal(True)  # denormal AdamW states slow CPU steps down several-fold
+        self._numerics = contextlib.ExitStack()  # training's CPU settings, until close()
+        self._numerics.enter_context(cpu_numerics(cfg.threads, cpu=self.dist.device.type == "cpu"))
         self.cfg = self._with_base_model(cfg)
         self.tokenizer = load_tokenizer(self.cfg)
         self.source = make_source(self.cfg, self.tokenizer)
@@ -262,6 +260,7 @@ class Trainer:
 
     def close(self) -> None:
         self.dist.close()
+        self._numerics.close()
 
 
 def train(cfg: TrainConfig, out: str | Path, resume: bool = False, force: bool = False,

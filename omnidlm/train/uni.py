@@ -40,7 +40,7 @@ from ..diffusion import masked as M
 from ..sequence.tokenizer import Tokenizer
 from ..data.augment import random_affine
 from . import checkpoint as C
-from .loop import Loop, Optim, backprop
+from .loop import Loop, Optim, backprop, cpu_numerics
 
 DEFAULT_TASKS = {"understanding": 0.45, "t2i": 0.3, "edit": 0.1, "interleaved": 0.075, "thinking": 0.075}
 
@@ -247,26 +247,24 @@ def train_uni(cfg: UniTrainConfig, out: str | Path | None = None, progress: bool
     from ..data.digits import digit_images
 
     run = C.prepare_run(out, force) if out is not None else None
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.set_flush_denormal(True)
-    torch.manual_seed(cfg.seed)
-    start = time.time()
-    images, labels = digit_images("train", cfg.image_size)
-    build = pretrained_parts if cfg.init_from else trained_parts
-    model, codes, parts, seconds = build(cfg, to_pixels(images), labels, progress, run)
-    tasks = UB.DigitsUniTasks(UB.UniCodec(Tokenizer(build_char_tokenizer()), model.vocab), codes, labels,
-                              cfg.tasks, text_drop=cfg.text_drop)
-    metrics = fit_backbone(model.backbone, tasks, cfg, progress, start, run)
-    model.eval()
-    seconds["backbone"] = time.time() - start - sum(seconds.values())
-    summary = {"recipe": cfg.recipe, "seconds": round(time.time() - start, 1),
-               "part_seconds": {k: round(v, 1) for k, v in seconds.items()},
-               "parameters": sum(p.numel() for p in model.parameters()), **parts, **metrics, "config": cfg.to_dict()}
-    if run is not None:
-        with C.keeping(run, ["metrics.jsonl"]):  # the save replaces the directory
-            save_uni_model(model, run, summary)
-    return model, summary
+    with cpu_numerics(cfg.threads):
+        torch.manual_seed(cfg.seed)
+        start = time.time()
+        images, labels = digit_images("train", cfg.image_size)
+        build = pretrained_parts if cfg.init_from else trained_parts
+        model, codes, parts, seconds = build(cfg, to_pixels(images), labels, progress, run)
+        tasks = UB.DigitsUniTasks(UB.UniCodec(Tokenizer(build_char_tokenizer()), model.vocab), codes, labels,
+                                  cfg.tasks, text_drop=cfg.text_drop)
+        metrics = fit_backbone(model.backbone, tasks, cfg, progress, start, run)
+        model.eval()
+        seconds["backbone"] = time.time() - start - sum(seconds.values())
+        summary = {"recipe": cfg.recipe, "seconds": round(time.time() - start, 1),
+                   "part_seconds": {k: round(v, 1) for k, v in seconds.items()},
+                   "parameters": sum(p.numel() for p in model.parameters()), **parts, **metrics, "config": cfg.to_dict()}
+        if run is not None:
+            with C.keeping(run, ["metrics.jsonl"]):  # the save replaces the directory
+                save_uni_model(model, run, summary)
+        return model, summary
 
 
 def trained_parts(cfg: UniTrainConfig, pixels, labels, progress: bool, run):
