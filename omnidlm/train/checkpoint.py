@@ -37,7 +37,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..formats import save as save_model
-from ..formats.io import atomic_directory, write_json
+from ..formats.io import atomic_directory, remove_stale_temps, write_json
 
 STEP_DIR = re.compile(r"^step-(\d{8})$")
 EXPORTED = ("config.json", "model.safetensors", "tokenizer.json")
@@ -70,10 +70,10 @@ def remove_debris(out: Path) -> list[Path]:
     half-done exports and metrics rewrites (and, beside `out`, a half-written replacement of it)."""
     out = Path(out).resolve()
     found = [*out.glob(".export.*"), *out.glob(".metrics.jsonl.tmp"), *(out / "checkpoints").glob(".step-*.tmp"),
-             *(out / "checkpoints").glob(".step-*.old"), *out.parent.glob(f".{out.name}.*.tmp")]
+             *(out / "checkpoints").glob(".step-*.old")]
     for path in found:
         shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
-    return found
+    return found + remove_stale_temps(out)  # a replacement of `out` itself: the writers' own rule
 
 
 def checkpoints(out: Path) -> list[Path]:
