@@ -68,12 +68,12 @@ def test_prompt_ids_on_the_digits_model_are_refused(tmp_path, capsys):
 
 
 def test_uni_knobs_mean_the_published_ones():
-    from argparse import Namespace
+    from omnidlm import systems
+    from omnidlm.systems.tasks import Question
+    from omnidlm.systems.uni import sampling_config
 
-    from omnidlm.commands.ask import uni_config
-
-    args = Namespace(threshold=None, gen_length=64, block_length=16, steps=16, policy=None, cache=None, temperature=0.0)
-    cfg = uni_config(args, block_size=32)
+    defaults = systems.SYSTEMS["uni"].sampling
+    cfg = sampling_config(Question("Q?", gen_length=64, block_length=16, steps=16), 32, defaults)
     assert (cfg.max_new_tokens, cfg.block_length, cfg.policy.steps, cfg.policy.tau) == (64, 16, 4, 0.95)
-    default = uni_config(Namespace(**{**vars(args), "gen_length": None, "block_length": None, "steps": None}), 32)
+    default = sampling_config(Question("Q?"), 32, defaults)
     assert (default.max_new_tokens, default.block_length, default.policy.steps) == (128, 32, 32)

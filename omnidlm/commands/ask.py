@@ -27,15 +27,24 @@ from .args import positive_int, probability, shipped_model
 
 DEFAULT_MODEL = shipped_model("lladao-digits")
 MAX_PIXELS = 4096 * 4096
-SYSTEMS = "LLaDA-V, LLaDA-o or LLaDA2.0-Uni"
+
+
+def _seeing_titles() -> str:
+    """The systems `ask` answers with (those that see), from the registry: "A, B or C"."""
+    from .. import systems
+
+    titles = sorted(s.title for s in systems.SYSTEMS.values() if s.answer is not None)
+    return ", ".join(titles[:-1]) + " or " + titles[-1] if len(titles) > 1 else titles[0]
+
+
+SYSTEMS = _seeing_titles()
 
 
 def read_image(path: str, max_pixels: int = MAX_PIXELS, mode: str | None = "L"):
-    """An image file -> (H, W) grayscale float32 in [0, 1] (mode "L"), or the PIL image in RGB
-    (mode "RGB"); ValueError naming the problem."""
-    import numpy as np
-
+    """An image file -> (H, W) grayscale float32 in [0, 1] (mode "L"), the PIL image in another
+    mode ("RGB"), or as opened (None); ValueError naming the problem."""
     from ..serve.images import ImageError, open_pil
+    from ..systems.tasks import image_as
 
     file = Path(path)
     if not file.is_file():
@@ -44,9 +53,7 @@ def read_image(path: str, max_pixels: int = MAX_PIXELS, mode: str | None = "L"):
         image = open_pil(file.read_bytes(), max_pixels)
     except ImageError as error:
         raise ValueError(f"--image {path}: {error}") from None
-    if mode == "L":
-        return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
-    return image.convert(mode)
+    return image_as(image, mode)
 
 
 def parse_ids(text: str) -> list[int]:
@@ -83,26 +90,41 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def system_of(path: str) -> str:
-    """Which system a model directory holds: "llada-v", "uni" or "lladao"; else an error naming the files."""
+def seeing_system(path: str):
+    """The system of a model directory, if it answers questions about images; else an error naming it."""
     from .. import systems
 
     try:
         system = systems.find(path)
     except FileNotFoundError as error:
-        raise ValueError(f"--model {path}: not a {SYSTEMS} model ({error})") from None
-    if system.name not in ANSWERS:
-        raise ValueError(f"--model {path}: not a {SYSTEMS} model (a {system.title} model)")
-    return system.name
+        raise ValueError(f"--model {path}: not a {_seeing_titles()} model ({error})") from None
+    if system.answer is None:
+        raise ValueError(f"--model {path}: not a {_seeing_titles()} model (a {system.title} model)")
+    return system
+
+
+def question_of(args):
+    """The parsed flags -> the system-neutral `Question` (the image as opened, prompt ids parsed)."""
+    from ..systems.tasks import Question
+
+    image = read_image(args.image, args.max_pixels, mode=None) if args.image else None
+    ids = parse_ids(args.prompt_ids) if args.prompt_ids is not None else None
+    knobs = ("gen_length", "block_length", "steps", "policy", "threshold", "cache", "temperature")
+    return Question(args.question, image, ids, **{k: getattr(args, k) for k in knobs})
 
 
 def run(args) -> int:
+    from .. import systems
+
     if args.prompt_ids is None and (args.question is None or not args.question.strip()):
         raise ValueError("the question is empty: give a question or --prompt-ids")
-    system = system_of(args.model)
-    if args.image is None and system != "uni":
-        raise ValueError(f"this {system} model answers questions about an image: give --image FILE")
-    answer = ANSWERS[system](args)
+    system = seeing_system(args.model)
+    if args.image is None and not system.answers_without_image:
+        raise ValueError(f"this {system.name} model answers questions about an image: give --image FILE")
+    question = question_of(args)
+    answer = system.answer(systems.open(args.model), question)
+    if "images" in answer:
+        answer["images"] = write_images(answer["images"], args.out)
     if args.json:
         print(json.dumps(answer))
     else:
@@ -112,98 +134,13 @@ def run(args) -> int:
     return 0
 
 
-def answer_llada_v(args) -> dict:
-    """LLaDA-V: the published prompt (or --prompt-ids) and sampler on the engine."""
-    from .. import systems
-    from ..sampling import llada_v as V
-
-    image = read_image(args.image, args.max_pixels, mode="RGB")
-    loaded = systems.open(args.model)
-    model, tok = loaded.model, loaded.tokenizer
-    ids = parse_ids(args.prompt_ids) if args.prompt_ids is not None else V.prompt_ids(tok, args.question)
-    gen = args.gen_length or V.GEN_LENGTH
-    cfg = V.sampling_config(tok, gen, args.block_length or gen, args.steps or gen, args.policy or "fixed",
-                            args.threshold if args.threshold is not None else 0.9, args.cache or "none",
-                            args.temperature)
-    out = V.answer(model, tok, ids, [image], cfg)
-    return {"output_ids": out, "text": V.answer_text(tok, out)}
-
-
-def answer_lladao(args) -> dict:
-    """LLaDA-o. A published checkpoint (it ships new_token_ids.json) answers in the published chat
-    layout with the published samplers' knobs; the digits models answer in their own template."""
-    from ..formats.lladao import image_marker_ids
-
-    markers = image_marker_ids(args.model)
-    if markers is None:
-        return answer_digits(args)
-    from .. import systems
-    from ..models.anyres import to_pixels
-    from ..sampling.omni import published_answer
-
-    loaded = systems.open(args.model)
-    model, tok = loaded.model, loaded.tokenizer
-    pixels = to_pixels(read_image(args.image, args.max_pixels, mode="RGB"))  # the published (x / 255 - 0.5) / 0.5
-    ids = parse_ids(args.prompt_ids) if args.prompt_ids is not None else tok.encode(args.question)
-    gen = args.gen_length or 128
-    block = args.block_length or gen
-    out = published_answer(model, ids, pixels, markers, gen, block, args.steps or gen, args.policy or "fixed",
-                           args.threshold if args.threshold is not None else 0.95, args.cache or "none",
-                           args.temperature)
-    return {"output_ids": out, "text": tok.decode(out) if tok is not None else None}
-
-
-def answer_digits(args) -> dict:
-    """The digits models (models/lladao-digits): their template, threshold decoding per block."""
-    from ..sampling.config import steps_per_block
-    from ..sampling.omni import understand
-    from .. import systems
-
-    if args.prompt_ids is not None:
-        raise ValueError("--prompt-ids is for published LLaDA-o checkpoints (with new_token_ids.json); "
-                         "this model takes a question")
-    loaded = systems.open(args.model)
-    model, tok = loaded.model, loaded.tokenizer
-    block = args.block_length or 32
-    gen = args.gen_length or 4 * block
-    per_block = steps_per_block(args.steps, gen, block) if args.steps else None
-    ans = understand(model, tok, read_image(args.image, args.max_pixels), args.question, block_length=block,
-                     max_blocks=gen // block, steps=per_block,
-                     threshold=args.threshold if args.threshold is not None else 0.95)
-    return {"output_ids": ans.ids, "text": ans.text}
-
-
-def answer_uni(args) -> dict:
-    """Uni: an answer may hold images (interleaved or thinking answers): they are written to --out."""
-    from .. import systems
-    from ..sampling.uni import respond
+def write_images(images, out: str | None) -> list[str]:
+    """The images of an answer that draws -> `answer_<i>.png` files in --out (default: here)."""
     from .draw import save_png
 
-    image = read_image(args.image, args.max_pixels) if args.image else None
-    loaded = systems.open(args.model)
-    model, tok = loaded.model, loaded.tokenizer
-    answer = respond(model, tok, args.question, image, config=uni_config(args, model.config.llm.block_size))
     paths = []
-    for i, img in enumerate(answer.images):
-        path = Path(args.out or ".") / f"answer_{i}.png"
+    for i, img in enumerate(images):
+        path = Path(out or ".") / f"answer_{i}.png"
         save_png(img, path, scale=4)
         paths.append(str(path))
-    return {"text": answer.text, "images": paths}
-
-
-def uni_config(args, block_size: int):
-    """Uni's sampling settings (threshold 0.95, the model's blocks, 128 tokens) with the flags given."""
-    import dataclasses
-
-    from ..sampling.config import steps_per_block
-    from ..sampling.policies import make_policy
-    from ..sampling.uni import sampling_config
-
-    threshold = args.threshold if args.threshold is not None else 0.95
-    cfg = sampling_config(args.gen_length or 128, threshold, temperature=args.temperature)
-    cfg = dataclasses.replace(cfg, block_length=args.block_length or block_size, cache=args.cache or cfg.cache)
-    per_block = steps_per_block(args.steps, cfg.max_new_tokens, cfg.block_length) if args.steps else cfg.policy.steps
-    return dataclasses.replace(cfg, policy=make_policy(args.policy or "threshold", per_block, threshold))
-
-
-ANSWERS = {"llada-v": answer_llada_v, "lladao": answer_lladao, "uni": answer_uni}
+    return paths

@@ -13,6 +13,8 @@ LLaDA-o takes the published inferencer's knobs by their published meaning (docs/
         --cfg-scale 4 --cfg-interval 0.4 1.0 --timestep-shift 3 --cfg-renorm-min 0 \\
         --cfg-renorm-type global --init-noise noise.npy --save-latent z.npy --out image.png
 
+Each system's drawing sampler takes the options its spec names (`System.draw_options`, one table of
+flags here, `OPTIONS`); an option of another system is refused, naming who takes it.
 `--init-noise` / `--save-latent` are .npy arrays (C, H/f, W/f) float32 (f: the VAE's downsampling).
 `--out` is a directory (files `draw_<seed>_<i>.png`) or, for -n 1, a file path whose suffix names
 its format (for -n > 1 the index is added to its name). Images are upscaled with `--scale` (nearest).
@@ -28,8 +30,39 @@ import numpy as np
 from .ask import DEFAULT_MODEL, MAX_PIXELS, read_image
 from .args import finite_float, int_in, positive_float, positive_int, probability, seed
 
-LLADAO_ONLY = ("prompt_ids", "height", "width", "num_timesteps", "cfg_interval", "timestep_shift",
-               "cfg_renorm_min", "cfg_renorm_type", "init_noise", "save_latent")
+# every drawing option of every system, by its dest: (flags, argparse keywords). A system's spec names
+# the ones its sampler takes (`System.draw_options`); the others are refused for its models.
+OPTIONS = {
+    "steps": (("--steps",), dict(type=positive_int, default=None,
+              help="Euler steps (LLaDA-o: 30, i.e. --num-timesteps 31; Uni: 8 distilled decoder steps)")),
+    "full_ode": (("--full-ode",), dict(action="store_true", default=None,
+                 help="the teacher decoder's full ODE with CFG")),
+    "cfg": (("--cfg-scale", "--cfg"), dict(type=finite_float, default=None,
+            help="text CFG scale (<= 1: off; default: the system's, 4)")),
+    "img_cfg": (("--img-cfg", "--cfg-img-scale"), dict(type=finite_float, default=None,
+                help="image CFG scale when editing (acts only with text CFG, as published; default 1: off)")),
+    "prompt_ids": (("--prompt-ids",), dict(default=None, help="comma-separated prompt token ids (instead of a prompt)")),
+    "height": (("--height",), dict(type=positive_int, default=None, help="image height in pixels (default: the VAE's size)")),
+    "width": (("--width",), dict(type=positive_int, default=None, help="image width in pixels (default: the height)")),
+    "num_timesteps": (("--num-timesteps",), dict(type=positive_int, default=None,
+                      help="grid points t = 1 -> 0 (Euler steps + 1)")),
+    "cfg_interval": (("--cfg-interval",), dict(type=probability, nargs=2, metavar=("LO", "HI"), default=None,
+                     help="CFG acts for t in (LO, HI] (default 0.4 1.0)")),
+    "timestep_shift": (("--timestep-shift",), dict(type=positive_float, default=None, help="grid shift (default 3.0)")),
+    "cfg_renorm_min": (("--cfg-renorm-min",), dict(type=finite_float, default=None,
+                       help="lower clamp of the CFG re-scaling (default 0)")),
+    "cfg_renorm_type": (("--cfg-renorm-type",), dict(choices=("global", "channel", "text_channel"), default=None,
+                        help="CFG re-scaling: per image, per latent token, or per token on the text CFG only")),
+    "init_noise": (("--init-noise",), dict(default=None, help="starting noise, .npy (C, H/f, W/f) float32")),
+    "save_latent": (("--save-latent",), dict(default=None, help="write the final latent, .npy (C, H/f, W/f) float32")),
+}
+
+
+def takers(option: str) -> tuple:
+    """The systems whose drawing sampler takes `option`."""
+    from .. import systems
+
+    return tuple(s for s in systems.SYSTEMS.values() if option in s.draw_options)
 
 
 def register(sub) -> None:
@@ -48,28 +81,27 @@ def add_image_options(p, out: str) -> None:
     p.add_argument("--out", default=out, help="a directory, or a file name (.png, .jpg, ...)")
     p.add_argument("-n", type=positive_int, default=1, help="number of images")
     p.add_argument("--seed", type=seed, default=0)
-    p.add_argument("--steps", type=positive_int, default=None,
-                   help="Euler steps (LLaDA-o: 30, i.e. --num-timesteps 31; Uni: 8 distilled decoder steps)")
-    p.add_argument("--full-ode", action="store_true", help="Uni: the teacher decoder's full ODE with CFG")
-    p.add_argument("--cfg-scale", "--cfg", dest="cfg", type=finite_float, default=4.0, help="text CFG scale (<= 1: off)")
-    p.add_argument("--img-cfg", "--cfg-img-scale", dest="img_cfg", type=finite_float, default=1.0,
-                   help="image CFG scale when editing (LLaDA-o: acts only with text CFG, as published)")
     p.add_argument("--scale", type=int_in(1, 64), default=4, help="upscale factor of the written images")
     p.add_argument("--max-pixels", type=positive_int, default=MAX_PIXELS)
-    o = p.add_argument_group("LLaDA-o (the published inferencer's knobs)")
-    o.add_argument("--prompt-ids", default=None, help="comma-separated prompt token ids (instead of a prompt)")
-    o.add_argument("--height", type=positive_int, default=None, help="image height in pixels (default: the VAE's size)")
-    o.add_argument("--width", type=positive_int, default=None, help="image width in pixels (default: the height)")
-    o.add_argument("--num-timesteps", type=positive_int, default=None, help="grid points t = 1 -> 0 (Euler steps + 1)")
-    o.add_argument("--cfg-interval", type=probability, nargs=2, metavar=("LO", "HI"), default=None,
-                   help="CFG acts for t in (LO, HI] (default 0.4 1.0)")
-    o.add_argument("--timestep-shift", type=positive_float, default=None, help="grid shift (default 3.0)")
-    o.add_argument("--cfg-renorm-min", type=finite_float, default=None, help="lower clamp of the CFG re-scaling (default 0)")
-    o.add_argument("--cfg-renorm-type", choices=("global", "channel", "text_channel"), default=None,
-                   help="CFG re-scaling: per image, per latent token, or per token on the text CFG only")
-    o.add_argument("--init-noise", default=None, help="starting noise, .npy (C, H/f, W/f) float32")
-    o.add_argument("--save-latent", default=None, help="write the final latent, .npy (C, H/f, W/f) float32")
+    drawing = [s for s in takers("steps")[:0]]  # noqa: F841
+    groups = {}  # the options every drawing system takes on the parser itself; the others grouped by who takes them
+    every = {s.name for s in _drawing_systems()}
+    for dest, (flags, kw) in OPTIONS.items():
+        who = takers(dest)
+        if {s.name for s in who} == every:
+            p.add_argument(*flags, dest=dest, **kw)
+            continue
+        title = " and ".join(s.title for s in who) + " only"
+        if title not in groups:
+            groups[title] = p.add_argument_group(title)
+        groups[title].add_argument(*flags, dest=dest, **kw)
     p.set_defaults(func=run)
+
+
+def _drawing_systems() -> list:
+    from .. import systems
+
+    return [s for s in systems.SYSTEMS.values() if s.draw is not None]
 
 
 # --- output files -------------------------------------------------------------------------------------
@@ -121,12 +153,6 @@ def save_png(image: np.ndarray, path: Path, scale: int = 1) -> None:
     _atomic(Path(path), lambda tmp: pil.save(tmp, format=fmt))
 
 
-def write_all(images, args) -> None:
-    for img, path in zip(images, output_paths(args.out, args.n, args.seed)):
-        save_png(img, path, args.scale)
-        print(path)
-
-
 # --- LLaDA-o --------------------------------------------------------------------------------------------
 
 
@@ -138,20 +164,6 @@ def parse_ids(text: str, flag: str = "--prompt-ids") -> list[int]:
     if not ids:
         raise ValueError(f"{flag} is empty")
     return ids
-
-
-def flow_settings(args):
-    """The LLaDA-o knobs of the command line -> FlowSettings (published defaults where not given)."""
-    from ..sampling.image import FlowSettings
-
-    if args.steps is not None and args.num_timesteps is not None:
-        raise ValueError("give --steps (Euler steps) or --num-timesteps (grid points), not both")
-    given = {k: v for k, v in dict(timestep_shift=args.timestep_shift, cfg_renorm_min=args.cfg_renorm_min,
-                                   cfg_renorm_type=args.cfg_renorm_type).items() if v is not None}
-    if args.cfg_interval is not None:
-        given["cfg_interval"] = tuple(args.cfg_interval)
-    steps = args.num_timesteps if args.num_timesteps is not None else (args.steps or 30) + 1
-    return FlowSettings(num_timesteps=steps, cfg_text_scale=args.cfg, cfg_img_scale=args.img_cfg, **given)
 
 
 def read_noise(path: str):
@@ -178,37 +190,30 @@ def save_latent(z, path: str) -> None:
     print(path)
 
 
-def run_lladao(args, image, loaded) -> int:
-    from ..formats.core import resolve
-    from ..formats.lladao import image_marker_ids
-    from ..models.latents import decode_latents
-    from ..sampling import image as I
-    settings = flow_settings(args)
-    model, tok = loaded.model, loaded.tokenizer
-    if not model.can_draw:
-        raise ValueError(f"the model at {args.model} has no generation expert: it cannot draw")
-    if args.prompt_ids is not None:
-        if image is not None or args.n != 1:
-            raise ValueError("--prompt-ids draws one image from token ids: no --image, -n 1")
-        noise = read_noise(args.init_noise) if args.init_noise else None
-        z = I.draw_lladao_ids(model, parse_ids(args.prompt_ids), args.height, args.width, settings, noise,
-                              args.seed, image_marker_ids(resolve(args.model)), progress=True)[None]
-        images = I.to_uint8(decode_latents(model.vae, z))  # (1, H, W, 3), as the published decode_image
-    else:
-        if args.init_noise or args.height or args.width:
-            raise ValueError("--init-noise, --height and --width go with --prompt-ids")
-        images, z = I.draw_lladao(model, tok, [args.prompt], n=args.n, seed=args.seed, settings=settings,
-                                  image=image, progress=True, return_latents=True)
-    paths = output_paths(args.out, args.n, args.seed)  # checked before anything is written
-    if args.save_latent:
-        save_latent(z, args.save_latent)
-    for img, path in zip(images, paths):
-        save_png(img, path, args.scale)
-        print(path)
-    return 0
-
-
 # --- the command ----------------------------------------------------------------------------------------
+
+
+def drawing_of(args, image):
+    """The parsed flags -> the system-neutral `Drawing`: the options given (files read, ids parsed)."""
+    from ..systems.tasks import Drawing
+
+    options = {k: getattr(args, k) for k in OPTIONS if getattr(args, k, None) is not None}
+    if "prompt_ids" in options:
+        options["prompt_ids"] = parse_ids(options["prompt_ids"])
+    if "init_noise" in options:
+        options["init_noise"] = read_noise(options["init_noise"])
+    return Drawing(args.prompt, image, args.n, args.seed, options)
+
+
+def refuse_options(system, given) -> None:
+    """Options the system's drawing sampler does not take are an error naming them and who takes them."""
+    foreign = [k for k in given if k not in system.draw_options]
+    if foreign:
+        flags = ", ".join(OPTIONS[k][0][0] for k in foreign)
+        owners = " and ".join(dict.fromkeys(s.title for k in foreign for s in takers(k)))
+        takes = ", ".join(OPTIONS[k][0][0] for k in system.draw_options)
+        raise ValueError(f"{flags}: {owners} options; a {system.title} model draws from a text prompt "
+                         f"and takes {takes}")
 
 
 def run(args) -> int:
@@ -216,30 +221,17 @@ def run(args) -> int:
         raise ValueError("give a prompt or --prompt-ids (one of them)")
     if args.prompt is not None and not args.prompt.strip():
         raise ValueError("the prompt is empty")
-    if args.n < 1 or (args.steps is not None and args.steps < 1):
-        raise ValueError("-n and --steps must be at least 1")
-    output_paths(args.out, args.n, args.seed)  # a bad --out fails before the model loads
-    image = read_image(args.image, args.max_pixels) if args.image else None
+    paths = output_paths(args.out, args.n, args.seed)  # a bad --out fails before the model loads
+    image = read_image(args.image, args.max_pixels, mode=None) if args.image else None
     from .. import systems
 
-    loaded = systems.open(args.model)
-    if "draw" not in loaded.system.capabilities:
-        raise ValueError(f"the model at {args.model} is a {loaded.system.title} model: it cannot draw")
-    return DRAWERS[loaded.system.name](args, image, loaded)
-
-
-def run_uni(args, image, loaded) -> int:
-    """Uni: image codes by block diffusion with CFG, then the decoder; with --image, an edit."""
-    from ..sampling.image import draw_uni, edit_uni
-    given = [f"--{k.replace('_', '-')}" for k in LLADAO_ONLY if getattr(args, k, None) is not None]
-    if given:
-        raise ValueError(f"{', '.join(given)}: LLaDA-o options; a Uni model draws from a text prompt")
-    model, tok = loaded.model, loaded.tokenizer
-    kw = dict(n=args.n, seed=args.seed, cfg=args.cfg, distilled=not args.full_ode, decoder_steps=args.steps)
-    images = edit_uni(model, tok, image, args.prompt, **kw) if image is not None else \
-        draw_uni(model, tok, [args.prompt], **kw)
-    write_all(images, args)
+    system = systems.find(args.model)
+    system.refuse("edit" if image is not None else "draw", f"the model at {args.model}")
+    refuse_options(system, [k for k in OPTIONS if getattr(args, k, None) is not None])
+    drawn = system.draw(systems.open(args.model), drawing_of(args, image))
+    if args.save_latent:
+        save_latent(drawn.latents, args.save_latent)
+    for img, path in zip(drawn.images, paths):
+        save_png(img, path, args.scale)
+        print(path)
     return 0
-
-
-DRAWERS = {"uni": run_uni, "lladao": run_lladao}  # per system that draws: its sampler's flags

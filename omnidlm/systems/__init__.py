@@ -2,14 +2,18 @@
 `bench`, `eval` and `demo` instead of `if uni ... elif lladao` chains.
 
 A `System` says how to recognise its checkpoint layout (`detect`), how to load and save it, what it
-can do (`capabilities` within "text", "see", "draw", "edit", "interleave"), its training recipes
-and its default sampling settings (docs/architecture.md, "Systems").
+can do (`capabilities` within "text", "see", "draw", "edit", "interleave"), its training recipes,
+its default sampling settings, and what runs each capability: its answerer (`answer`, for "see")
+and drawing sampler (`draw` with its `draw_options`, for "draw" and "edit"); the commands dispatch
+through these, never on a system's name (docs/architecture.md, "The spine").
 
     loaded = open("models/lladao-digits")          # Loaded(system, model, tokenizer)
     loaded.system.name, loaded.system.capabilities  # "lladao", {"text", "see", "draw", "edit"}
     model = load("GSAI-ML/LLaDA-8B-Instruct")       # a local directory or a Hugging Face repo id
     find("some/dir")                                # the System, or an error listing every layout looked for
     system_of(model)                                # the System a model object belongs to
+    loaded.system.answer(loaded, Question("What digit is shown?", image))   # systems/tasks.py
+    loaded.system.draw(loaded, Drawing("a handwritten digit 7", n=4))       # -> Drawn(images, latents)
 """
 
 from __future__ import annotations
@@ -25,11 +29,13 @@ __all__ = ["System", "SYSTEMS", "Loaded", "find", "system_of", "open", "load", "
 
 @dataclass(frozen=True)
 class Loaded:
-    """What `open` returns: the system, its model and the tokenizer the checkpoint ships (or None)."""
+    """What `open` returns: the system, its model, the tokenizer the checkpoint ships (or None) and
+    the local directory it was read from."""
 
     system: System
     model: object
     tokenizer: object
+    directory: Path | None = None
 
 
 def find(path: str | Path, revision: str | None = None) -> System:
@@ -61,7 +67,7 @@ def open(path: str | Path, device=None, dtype=None, revision: str | None = None,
     system = find(directory)
     model = system.load(directory, device=device, dtype=dtype, **overrides)
     text_config = getattr(model.config, "llm", model.config)  # the omni models keep it under .llm
-    return Loaded(system, model, core.read_tokenizer(directory, text_config))
+    return Loaded(system, model, core.read_tokenizer(directory, text_config), directory)
 
 
 def load(path: str | Path, device=None, dtype=None, revision: str | None = None, **overrides):

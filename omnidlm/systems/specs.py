@@ -3,6 +3,11 @@
 Each spec names its layout's files (for `find`'s error), recognises a directory by them, and loads
 and saves through its reader in `formats/`. `find` tries the specs in `SYSTEMS` order: the omni
 layouts first, because a Uni or LLaDA-V directory also holds a text backbone's files.
+
+A system that sees names its answerer (`answer`, what `omnidlm ask` runs); a system that draws
+names its drawing sampler (`draw`, what `omnidlm draw` / `edit` run) and the drawing options it
+takes (`draw_options`, flag dests). They live in this package, one module per omni system
+(`lladao.py`, `uni.py`, `llada_v.py`), and import their samplers only when called.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from typing import Callable, Mapping
 
 from .. import formats
 from ..formats import core
+from . import llada_v, lladao, uni
 
 CAPABILITIES = frozenset({"text", "see", "draw", "edit", "interleave"})
 
@@ -30,11 +36,25 @@ class System:
     owns: Callable[[object], bool]  # whether a model object is of this system
     recipes: tuple[str, ...] = ()  # `omnidlm train --recipe` names that train such a model
     sampling: Mapping = field(default_factory=lambda: MappingProxyType({}))  # default sampling settings
+    answer: Callable | None = None  # (Loaded, tasks.Question) -> {"text", ...}: answers about an image ("see")
+    answers_without_image: bool = False  # whether `answer` also takes a question with no image
+    draw: Callable | None = None  # (Loaded, tasks.Drawing) -> tasks.Drawn: draws, and edits ("draw", "edit")
+    draw_options: tuple[str, ...] = ()  # the drawing options `draw` takes (flag dests of commands/draw.py)
 
     def __post_init__(self):
         unknown = set(self.capabilities) - CAPABILITIES
         if unknown:
             raise ValueError(f"system {self.name!r}: unknown capabilities {sorted(unknown)}")
+        if ("see" in self.capabilities) != (self.answer is not None):
+            raise ValueError(f"system {self.name!r}: an answerer goes with the capability 'see' (and only with it)")
+        if ("draw" in self.capabilities) != (self.draw is not None) or (self.draw is None and self.draw_options):
+            raise ValueError(f"system {self.name!r}: a drawing sampler goes with the capability 'draw' (and only with it)")
+
+    def refuse(self, capability: str, what: str) -> None:
+        """The clear error of a command asking this system for a capability it lacks."""
+        if capability not in self.capabilities:
+            can = ", ".join(c for c in sorted(CAPABILITIES) if c in self.capabilities)
+            raise ValueError(f"{what} is a {self.title} model: it cannot {capability} (it can: {can})")
 
 
 def _config(directory: Path) -> dict | None:
@@ -137,22 +157,25 @@ def _settings(**kw) -> Mapping:
     return MappingProxyType(kw)
 
 
-# default sampling settings: what the commands use when no flag is given (commands/generate.py,
-# commands/ask.py, commands/draw.py, sampling/uni.py's sampling_config)
+# default sampling settings: what a system's answerer and drawing sampler use when a knob is not
+# given (lladao.py, uni.py, llada_v.py: `omnidlm ask`, `draw`, `edit`)
 SYSTEMS: dict[str, System] = {s.name: s for s in [
     System("lladao", "LLaDA-o", frozenset({"text", "see", "draw", "edit"}),
            "llm_config.json + ema.safetensors (or its index) [+ vit_config.json, ae.safetensors, ae_params.json]",
            _is_lladao, _load_lladao, _save_lladao, lambda m: _lladao_model(m, llada_v=False),
            ("digits-lladao", "digits-lladao-tiny"),
-           _settings(block_length=32, threshold=0.95, draw_steps=30, cfg=4.0)),
+           _settings(block_length=32, threshold=0.95, draw_steps=30, cfg=4.0),
+           answer=lladao.answer, draw=lladao.draw, draw_options=lladao.DRAW_OPTIONS),
     System("uni", "LLaDA2.0-Uni", frozenset({"text", "see", "draw", "edit", "interleave"}),
            "config.json with 'image_token_offset' + model.safetensors + image_tokenizer/ [+ decoder/]",
            _is_uni, _load_uni, _save_uni, _uni_model, ("digits-uni", "digits-uni-tiny"),
-           _settings(block_length=32, threshold=0.95, cache="exact", decoder="distilled")),
+           _settings(block_length=32, threshold=0.95, cache="exact", decoder="distilled", cfg=4.0),
+           answer=uni.answer, answers_without_image=True, draw=uni.draw, draw_options=uni.DRAW_OPTIONS),
     System("llada-v", "LLaDA-V", frozenset({"text", "see"}),
            "config.json with mm_* fields + model.safetensors (model.vision_tower.*, model.mm_projector.*)",
            _is_llada_v, _load_llada_v, _save_llada_v, lambda m: _lladao_model(m, llada_v=True), (),
-           _settings(block_length=32, policy="fixed", cache="none", temperature=0.0)),
+           _settings(policy="fixed", threshold=0.9, cache="none", temperature=0.0),  # block, steps: the answer's length
+           answer=llada_v.answer),
     System("llada2", "LLaDA2.0", frozenset({"text"}),
            "config.json (model_type llada2_moe, or omnidlm with n_experts) + model.safetensors (or its index)",
            _is_moe_text, formats.load, _save_text("llada2"), lambda m: _backbone(m, moe=True), (),
