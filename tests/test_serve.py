@@ -121,7 +121,7 @@ def test_bench_serve_reports_every_concurrency_level(tmp_path):
     out = tmp_path / "serve.json"
     assert main(["bench", "--model", str(MODEL), "--serve", "--n", "4", "--json", str(out)]) == 0
     rows = json.loads(out.read_text())["serve_rows"]
-    assert [r["concurrency"] for r in rows] == [1, 4, 16, 32]
+    assert [r["concurrency"] for r in rows] == [1, 4, 8, 16, 32]
     assert all(r["ok"] == 4 and r["tokens_per_s"] > 0 for r in rows)
 
 

@@ -108,3 +108,67 @@ def test_image_questions_batch_on_the_engine(served):
     assert all(a[0] == a[1] for a in answers)  # greedy: both choices agree
     assert sum(a[0] == WORDS[label] for a, label in zip(answers, labels[:6])) >= 5, answers
     assert max(rows) >= 2  # questions shared forwards
+
+
+def metric(url: str, name: str) -> int:
+    line = next(l for l in httpx_get(url + "/metrics").splitlines() if l.startswith(name + " "))
+    return int(float(line.split()[1]))
+
+
+def httpx_get(url: str) -> str:
+    import httpx
+
+    return httpx.get(url).text
+
+
+def test_image_questions_of_concurrent_clients_share_one_vit_batch_and_one_engine_step():
+    """The worker is held on the first question's prefix while four more clients ask; it then
+    takes the four at once: ONE batched ViT build for them, and all five rows in one engine step
+    (counts from /metrics, not time)."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    loaded = systems.open(MODEL)
+    app = create_app(loaded.model, loaded.tokenizer, "lladao-digits", max_batch=8)
+    server, url = start_server(app)
+    backend, scheduler = app.state.server.backend, app.state.scheduler
+    gate, calls, build = threading.Event(), [], backend.prefixes
+
+    def gated(items):  # the backend's builder, held on its first call
+        calls.append(len(items))
+        if len(calls) == 1:
+            gate.wait(120)
+        return build(items)
+
+    def wait_for(condition):
+        deadline = time.time() + 120
+        while not condition():
+            assert time.time() < deadline, "the server never reached the expected state"
+            time.sleep(0.01)
+
+    backend.prefixes = gated
+    images, labels = digit_images("heldout", size=32)
+    ask = lambda i: httpx.post(url + "/v1/chat/completions", timeout=120, json={"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": data_url(images[i])}}, {"type": "text", "text": "What digit is shown?"}]}]})
+    try:
+        with ThreadPoolExecutor(5) as pool:
+            first = pool.submit(ask, 0)
+            wait_for(lambda: calls)  # the worker is inside the first build
+            rest = [pool.submit(ask, i) for i in range(1, 5)]
+            wait_for(lambda: scheduler.inbox.qsize() == 4)  # the four wait in the worker's inbox
+            gate.set()
+            replies = [f.result() for f in [first, *rest]]
+        assert [r.status_code for r in replies] == [200] * 5
+        answers = [r.json()["choices"][0]["message"]["content"] for r in replies]
+        assert sum(a == WORDS[label] for a, label in zip(answers, labels[:5])) >= 4, answers
+        assert calls == [1, 4]  # the four questions' images went through the ViT together
+        assert metric(url, "omnidlm_prefix_batches_total") == 2
+        assert metric(url, "omnidlm_prefixes_built_total") == 5
+        assert metric(url, "omnidlm_engine_batch_max") == 5  # and all five rows shared an engine step
+    finally:
+        gate.set()
+        server.should_exit = True
+

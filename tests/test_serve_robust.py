@@ -93,6 +93,55 @@ def test_a_failure_inside_the_worker_fails_only_that_request(served, monkeypatch
     assert health["status"] == "ok" and health["worker"] == "running" and health["failed_requests"] >= 1
 
 
+
+def test_deferred_prefixes_build_in_one_batch_and_a_bad_one_fails_alone():
+    """The scheduler builds the deferred prefixes of the requests it takes at once with one call;
+    when that call fails it builds them one by one, and only the request whose prefix fails fails."""
+    import asyncio
+
+    import torch
+
+    from omnidlm.sampling.prefix import Deferred, Prefix
+    from omnidlm.serve.scheduler import Scheduler, Settings, WorkFailed
+
+    model, gate, calls = omnidlm.load(MODEL), threading.Event(), []
+
+    def build(items):
+        calls.append(list(items))
+        if items == ["gate"]:
+            gate.wait(120)  # holds the worker while the others are queued
+        if "bad" in items:
+            raise RuntimeError("no features for this one")
+        with torch.no_grad():
+            return [Prefix(model.embed(torch.tensor([[5, 6, 7]]))[0], torch.arange(3)) for _ in items]
+
+    async def main():
+        scheduler = Scheduler(model, max_batch=8)
+        ask = lambda item: scheduler.submit([], Settings(max_new_tokens=8), Deferred(build, item, 3))
+        tickets = [ask("gate")]
+        while not calls:
+            await asyncio.sleep(0.01)
+        tickets += [ask("a"), ask("bad"), ask("b")]
+        while scheduler.inbox.qsize() < 3:
+            await asyncio.sleep(0.01)
+        gate.set()
+        out = []
+        for ticket in tickets:
+            try:
+                out.append([result async for _, result in ticket.events()][-1].finish_reason)
+            except WorkFailed as failure:
+                out.append((failure.status, failure.message))
+        return out, scheduler
+
+    try:
+        out, scheduler = asyncio.run(asyncio.wait_for(main(), 120))
+    finally:
+        gate.set()
+    assert calls == [["gate"], ["a", "bad", "b"], ["a"], ["bad"], ["b"]]
+    assert out[0] in ("eos", "length") and out[1] in ("eos", "length") and out[3] in ("eos", "length")
+    assert out[2][0] == 500 and "no features for this one" in out[2][1]
+    assert scheduler.prefixes_built == 3 and scheduler.failures == 1
+
 def test_timeout_frees_the_row_and_metrics_count_real_statuses():
     app = text_app(limits=Limits(timeout_s=0.2))
     server, url = start_server(app)

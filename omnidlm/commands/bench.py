@@ -2,7 +2,7 @@
 
     omnidlm bench --model models/text-tiny
     omnidlm bench --model models/text-tiny --n 200 --sprint 0.75 --json bench.json
-    omnidlm bench --model models/text-tiny --serve        # the HTTP server at 1, 4, 16 and 32 clients
+    omnidlm bench --model models/text-tiny --serve        # the HTTP server at 1, 4, 8, 16 and 32 clients
     omnidlm bench --systems lladao,uni                    # LLaDA-o against LLaDA2.0-Uni on held-out digits
     omnidlm bench --model models/text-tiny --sweep threshold=0.5,0.7,0.9,0.95,0.99 --plot tradeoff.png
     omnidlm bench --shape llada-60m --random-weights      # forwards at a real shape against their ceiling
@@ -45,7 +45,7 @@ def register(sub) -> None:
                    help="torch CPU threads (default 1: tiny models run fastest and steadiest on one; "
                         "0: torch's default)")
     p.add_argument("--serve", action="store_true",
-                   help="benchmark the HTTP server instead: requests/s and tokens/s at 1, 4, 16 and 32 clients")
+                   help="benchmark the HTTP server instead: requests/s and tokens/s at 1, 4, 8, 16 and 32 clients")
     p.add_argument("--shape", default=None, metavar="PRESET",
                    help="time the forward kinds of a named shape (e.g. llada-60m, llada-8b) against their ceiling")
     p.add_argument("--random-weights", action="store_true", help="--shape: build the model with random weights")

@@ -28,8 +28,10 @@ def stream_answer(engine, decode, prompt, max_tokens, out=sys.stdout, settings=N
     """Run one request (a `serve.backends.Prompt`) through the engine, printing text as blocks are
     committed; -> answer ids."""
     from ..sampling.engine import Request
+    from ..sampling.prefix import resolve
 
-    request_id = engine.add(Request(prompt.ids, max_tokens, settings=settings, prefix=prompt.prefix))
+    prefix = resolve([prompt.prefix])[0]  # a deferred prefix (LLaDA-o's image question) built now
+    request_id = engine.add(Request(prompt.ids, max_tokens, settings=settings, prefix=prefix))
     shown = ""
     while engine.busy:
         finished = {r.id: r for r in engine.step()}

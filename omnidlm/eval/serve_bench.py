@@ -36,7 +36,7 @@ async def _load(url: str, examples, concurrency: int, max_tokens: int | None) ->
             "requests_per_s": len(examples) / seconds, "tokens_per_s": tokens / seconds, "seconds": seconds}
 
 
-def bench_serve(model, tokenizer, levels=(1, 4, 16, 32), requests_per_level: int = 32, max_tokens: int = 96) -> list[dict]:
+def bench_serve(model, tokenizer, levels=(1, 4, 8, 16, 32), requests_per_level: int = 32, max_tokens: int = 96) -> list[dict]:
     """Start a server on a free loopback port, load it at each concurrency level, stop it."""
     from ..serve.app import create_app
     from ..serve.testing import start_server

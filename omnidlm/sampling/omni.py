@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ..data import omni_batches as OB
-from ..sequence.segments import Layout, single, text, vit_image
+from ..sequence.segments import Layout, pack, text, vit_image
 from .config import steps_per_block
 from .engine import BatchEngine, Request, SamplingConfig
 from .policies import make_policy, Threshold
@@ -95,15 +95,32 @@ def understanding_engine(model, config: SamplingConfig | None = None, max_batch:
 def prefix_of(model, segments, ids: list[int], vit: list[torch.Tensor], mask: torch.Tensor | None = None) -> Prefix:
     """A prefix of one sample's segments: embeddings from `LLaDAO.embed`, the layout's positions
     and (unless given) its segment mask."""
-    layout: Layout = single(segments, device=model.language_model.device)
-    ids_t = torch.tensor([ids], device=layout.kind.device)
+    prefix = prefixes_of(model, [(segments, ids, vit)])[0]
+    return prefix if mask is None else Prefix(prefix.embeds, prefix.position_ids, mask)
+
+
+def prefixes_of(model, samples: list[tuple]) -> list[Prefix]:
+    """Prefixes of many samples (segments, ids, ViT pixels) with ONE `LLaDAO.embed` call: the
+    samples packed as rows of one layout, their images through the ViT as one batch. Each row is
+    its own document, so its positions and mask are the ones it has alone."""
+    device = model.language_model.device
+    layout: Layout = pack([[segs] for segs, _, _ in samples], device=device)
+    ids = torch.zeros(layout.shape, dtype=torch.long, device=device)
+    for i, (_, row, _) in enumerate(samples):
+        ids[i, : len(row)] = torch.tensor(row, device=device)
+    vit = [v.to(device) for _, _, images in samples for v in images]
     with torch.no_grad():
-        embeds = model.embed(ids_t, layout, [v.to(ids_t.device) for v in vit])[0]  # (P, D)
-    return Prefix(embeds, layout.position_ids[0], layout.mask[0, 0] if mask is None else mask)
+        embeds = model.embed(ids, layout, vit)  # (B, L, D)
+    mask, out = layout.mask[:, 0], []
+    for i, (_, row, _) in enumerate(samples):
+        P = len(row)
+        out.append(Prefix(embeds[i, :P], layout.position_ids[i, :P], mask[i, :P, :P]))
+    return out
 
 
-def image_question(model, codec: OB.PromptCodec, pixels: torch.Tensor | None, question: str) -> Prefix:
-    """The digits layout [head | image | question, header] as a prefix (causal text, full image)."""
+def question_sample(model, codec: OB.PromptCodec, pixels: torch.Tensor | None, question: str) -> tuple:
+    """The digits layout [head | image | question, header] of one question: (segments, ids, ViT
+    pixels), causal text and a full image."""
     head, tail = codec.head(), codec.tail(question)
     segs, ids, vit = [text(len(head))], list(head), []
     if pixels is not None:
@@ -112,12 +129,17 @@ def image_question(model, codec: OB.PromptCodec, pixels: torch.Tensor | None, qu
         ids += [OB.IMG_START] + [0] * n + [OB.IMG_END]
         vit = [pixels]
     segs.append(text(len(tail)))
-    return prefix_of(model, segs, ids + tail, vit)
+    return segs, ids + tail, vit
 
 
-def understanding_requests(model, tokenizer, images: list[np.ndarray | None], questions: list[str],
-                           settings: RowSettings | None = None, max_new_tokens: int | None = None) -> list[Request]:
-    """One engine Request per (image (H, W) in [0, 1] or None, question), for `understanding_engine`."""
+def image_question(model, codec: OB.PromptCodec, pixels: torch.Tensor | None, question: str) -> Prefix:
+    """The prefix of one question (`question_sample`)."""
+    return prefixes_of(model, [question_sample(model, codec, pixels, question)])[0]
+
+
+def question_samples(model, tokenizer, images: list[np.ndarray | None], questions: list[str]) -> list[tuple]:
+    """`question_sample` of each (image (H, W) in [0, 1] or None, question), checked and its image
+    prepared: what `prefixes_of` embeds (the ViT forward is left for the batch)."""
     codec, out = OB.PromptCodec(tokenizer), []
     for image, question in zip(images, questions):
         if not question or not question.strip():
@@ -125,8 +147,16 @@ def understanding_requests(model, tokenizer, images: list[np.ndarray | None], qu
         if image is not None and not model.can_see:
             raise ValueError("this model has no vision encoder: it cannot look at an image")
         pixels = prepare_image(image, model_image_size(model)) if image is not None else None
-        out.append(Request([], max_new_tokens, prefix=image_question(model, codec, pixels, question), settings=settings))
+        out.append(question_sample(model, codec, pixels, question))
     return out
+
+
+def understanding_requests(model, tokenizer, images: list[np.ndarray | None], questions: list[str],
+                           settings: RowSettings | None = None, max_new_tokens: int | None = None) -> list[Request]:
+    """One engine Request per (image (H, W) in [0, 1] or None, question), for `understanding_engine`;
+    the images go through the ViT as one batch."""
+    prefixes = prefixes_of(model, question_samples(model, tokenizer, images, questions))
+    return [Request([], max_new_tokens, prefix=prefix, settings=settings) for prefix in prefixes]
 
 
 def run_recorded(engine: BatchEngine, requests: list[Request], record: bool = False):

@@ -19,11 +19,17 @@ LLaDA-o's [bos]). What sees what:
 - with "full" attention and cache "none", every token sees every token, the prefix included
   (LLaDA-o's `chat(use_cache=False)` layout: one full split): [prefix | canvas] is recomputed at
   every step; with cache "approx" the prefix is prefilled as above and the canvas refreshes over it.
+
+A `Deferred` prefix is one whose embeddings are still to be computed: a server builds the deferred
+prefixes of all the requests it takes at once with ONE call of their builder (`resolve`), so
+LLaDA-o's image questions go through the ViT as one batch (serve/scheduler.py, sampling/omni.py)
+instead of one forward per request on the HTTP threads.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -60,6 +66,33 @@ class Prefix:
     @property
     def length(self) -> int:
         return self.embeds.shape[0]
+
+
+@dataclass(eq=False)
+class Deferred:
+    """A prefix to be built later, together with the others of the same `build`: `build(items) ->
+    [Prefix]` embeds many at once (one batched forward). `length` is the prefix's length, known
+    before it is built (a server checks the room left for the answer)."""
+
+    build: Callable[[list], list[Prefix]]  # shared by every request of its kind (one object)
+    item: object  # what `build` needs of this prefix
+    length: int
+
+
+def resolve(prefixes: list) -> list[Prefix | None]:
+    """Every `Deferred` built, one `build` call per builder (a Deferred given twice is built once);
+    other entries (a Prefix, None) as given."""
+    groups: dict[object, dict[int, Deferred]] = {}
+    for p in prefixes:
+        if isinstance(p, Deferred):
+            groups.setdefault(p.build, {})[id(p)] = p
+    built: dict[int, Prefix] = {}
+    for build, group in groups.items():
+        made = build([p.item for p in group.values()])
+        if len(made) != len(group):
+            raise ValueError(f"a prefix builder returned {len(made)} prefixes for {len(group)} items")
+        built.update(zip(group, made))
+    return [built[id(p)] if isinstance(p, Deferred) else p for p in prefixes]
 
 
 def split_mask(splits: torch.Tensor) -> torch.Tensor:

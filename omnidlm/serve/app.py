@@ -122,6 +122,9 @@ class Server:
         self.metrics.active_rows = self.scheduler.active_rows
         self.metrics.tokens_generated = self.scheduler.tokens_generated
         self.metrics.requests_cancelled = self.scheduler.cancelled
+        s, m = self.scheduler, self.metrics
+        m.engine_steps, m.engine_row_steps, m.engine_batch_max = s.steps, s.row_steps, s.largest_batch
+        m.prefix_batches, m.prefixes_built = s.prefix_batches, s.prefixes_built
         if self.jobs is not None:
             self.metrics.queue_depth += max(0, self.jobs.pending - 1)
 

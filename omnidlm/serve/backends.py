@@ -14,12 +14,14 @@
   to <|eot_id|>); the whole prompt, image features included, is the engine request's prefix, so
   image questions batch too.
 - LLaDA-o: the image question is the request's prefix (ViT features, its segment mask), prefilled
-  once; the answer decodes on the engine like every other system's.
+  once; the answer decodes on the engine like every other system's. The prefix is `Deferred`: the
+  scheduler embeds the questions it takes at once with one ViT forward (sampling/prefix.py).
 Drawing and editing are whole-call jobs for every system that draws.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,12 +34,12 @@ class Prompt:
     ids: list[int]
     ban_ids: tuple[int, ...] = ()  # never sampled in this answer
     interleave: bool = False  # the answer may hold images (decoded by `answer_parts`)
-    prefix: object = None  # sampling/prefix.py Prefix: embeddings before the canvas (LLaDA-V)
+    prefix: object = None  # sampling/prefix.py Prefix or Deferred: embeddings before the canvas
 
     @property
     def length(self) -> int:
         """Positions the prompt takes in the sequence."""
-        return len(self.ids) + (0 if self.prefix is None else int(self.prefix.embeds.shape[0]))
+        return len(self.ids) + (0 if self.prefix is None else int(self.prefix.length))
 
 
 class TextBackend:
@@ -132,8 +134,9 @@ class UniBackend(TextBackend):
 
 class LLaDAOBackend(TextBackend):
     """LLaDA-o: the image question [head | image | question, header] is the request's prefix
-    (`sampling/omni.py` understanding_requests), prefilled once; answers decode in block-causal
-    blocks on the engine, so image questions batch with each other."""
+    (`sampling/omni.py`), prefilled once; answers decode in block-causal blocks on the engine, so
+    image questions batch with each other. The prefix is deferred: its ViT features are computed
+    by the scheduler for all the questions it takes at once (`prefixes`, one batched forward)."""
 
     default_threshold = 0.95
     default_max_tokens = 128  # 4 blocks of 32: the digits models' answers
@@ -141,9 +144,10 @@ class LLaDAOBackend(TextBackend):
     def __init__(self, model, tokenizer):
         super().__init__(model, tokenizer)
         from ..data.omni_batches import PromptCodec
-        from ..sampling.omni import understanding_config
+        from ..sampling.omni import prefixes_of, understanding_config
 
         self.engine_model, self.codec = model.language_model, PromptCodec(tokenizer)
+        self.prefixes = functools.partial(prefixes_of, model)  # ONE builder: its questions batch together
         self.ban_ids = understanding_config(model).ban_ids
         self.capabilities = ("text",) + ("see",) * model.can_see + ("draw", "edit") * model.can_draw
 
@@ -151,11 +155,12 @@ class LLaDAOBackend(TextBackend):
         return SamplingConfig(block_length=block_length, attention="block", cache="exact")
 
     def chat_prompt(self, messages: list[dict], images: list, interleave: bool = False) -> Prompt:
-        from ..sampling.omni import understanding_requests
+        from ..sampling.omni import question_samples
+        from ..sampling.prefix import Deferred
 
         question = next(m["content"] for m in reversed(messages) if m["role"] == "user")
-        request = understanding_requests(self.model, self.tokenizer, [images[-1] if images else None], [question])[0]
-        return Prompt(list(request.prompt_ids), self.ban_ids, prefix=request.prefix)
+        sample = question_samples(self.model, self.tokenizer, [images[-1] if images else None], [question])[0]
+        return Prompt([], self.ban_ids, prefix=Deferred(self.prefixes, sample, len(sample[1])))
 
     def completion_prompt(self, text: str) -> Prompt:
         return self.chat_prompt([{"role": "user", "content": text}], [])

@@ -14,6 +14,11 @@ class Metrics:
     requests_cancelled: int = 0
     queue_depth: int = 0
     active_rows: int = 0
+    engine_steps: int = 0
+    engine_row_steps: int = 0  # rows over all steps: / engine_steps is the mean batch
+    engine_batch_max: int = 0  # the most rows one engine step ran
+    prefix_batches: int = 0  # batched builds of deferred prefixes (LLaDA-o: one ViT forward each)
+    prefixes_built: int = 0
 
     def count(self, route: str, status: int) -> None:
         key = f'route="{route}",status="{status}"'
@@ -34,5 +39,15 @@ class Metrics:
             f"omnidlm_queue_depth {self.queue_depth}",
             "# TYPE omnidlm_active_rows gauge",
             f"omnidlm_active_rows {self.active_rows}",
+            "# TYPE omnidlm_engine_steps_total counter",
+            f"omnidlm_engine_steps_total {self.engine_steps}",
+            "# TYPE omnidlm_engine_row_steps_total counter",
+            f"omnidlm_engine_row_steps_total {self.engine_row_steps}",
+            "# TYPE omnidlm_engine_batch_max gauge",
+            f"omnidlm_engine_batch_max {self.engine_batch_max}",
+            "# TYPE omnidlm_prefix_batches_total counter",
+            f"omnidlm_prefix_batches_total {self.prefix_batches}",
+            "# TYPE omnidlm_prefixes_built_total counter",
+            f"omnidlm_prefixes_built_total {self.prefixes_built}",
         ]
         return "\n".join(lines) + "\n"

@@ -13,6 +13,12 @@ gone, stop string, timeout) frees its slot at once.
     ticket = scheduler.submit(prompt_ids, Settings(max_new_tokens=64))
     async for tokens, result in ticket.events(): ...   # committed tokens so far; the Result at the end
 
+A request's prefix may be `Deferred` (LLaDA-o's image questions, sampling/prefix.py): the worker
+takes every message waiting at once and builds the deferred prefixes of those requests in one
+batch (one ViT forward) before admitting them, so their features are computed together, on the
+worker, and not one forward per request on the HTTP threads (which on a small CPU fight the worker
+for the interpreter).
+
 The worker is supervised: an error while admitting a request fails that request (`WorkFailed`,
 raised from `ticket.events()`), an error while stepping an engine fails the rows of that engine
 and drops it; the worker itself keeps running, and `health()` says what state it is in.
@@ -31,6 +37,7 @@ from dataclasses import dataclass
 import torch
 
 from ..sampling.engine import BatchEngine, Request, Result, SamplingConfig
+from ..sampling.prefix import Deferred, resolve
 from ..sampling.policies import FixedSteps, Threshold
 from ..sampling.rows import RowSettings
 
@@ -113,6 +120,11 @@ class Scheduler:
         self.inbox: queue.Queue = queue.Queue()
         self.ids = itertools.count()
         self.tokens_generated = 0
+        self.steps = 0  # engine steps run
+        self.row_steps = 0  # rows those steps ran (row_steps / steps: the mean batch)
+        self.largest_batch = 0  # the most rows one step ran
+        self.prefix_batches = 0  # calls of deferred-prefix builders
+        self.prefixes_built = 0  # deferred prefixes they built
         self.cancelled = 0  # requests dropped while queued or decoding (client gone, stop, timeout)
         self.failures = 0  # requests the worker failed (an error while admitting or stepping them)
         self.last_error: str | None = None
@@ -165,16 +177,52 @@ class Scheduler:
                 time.sleep(0.01)
 
     def _take_messages(self, block: bool) -> None:
+        """Every message waiting (when idle, waiting for the first); the deferred prefixes of the
+        requests taken together are built first, in one batch."""
         try:
-            message = self.inbox.get(timeout=0.5) if block else self.inbox.get_nowait()
+            messages = [self.inbox.get(timeout=0.5) if block else self.inbox.get_nowait()]
         except queue.Empty:
             return
         while True:
-            self._handle(*message)
             try:
-                message = self.inbox.get_nowait()
+                messages.append(self.inbox.get_nowait())
             except queue.Empty:
-                return
+                break
+        for message in self._build_prefixes(messages):
+            self._handle(*message)
+
+    def _build_prefixes(self, messages: list[tuple]) -> list[tuple]:
+        """The messages with their deferred prefixes built, all in one batch; if the batch fails,
+        one by one, so only a request whose own prefix fails is failed (and left out)."""
+        todo = [i for i, m in enumerate(messages) if m[0] == "add" and isinstance(m[2][1], Deferred)]
+        if not todo:
+            return messages
+        try:
+            built = resolve([messages[i][2][1] for i in todo])
+            self.prefix_batches += 1
+        except Exception:
+            built = [self._build_one(messages[i]) for i in todo]
+        self.prefixes_built += sum(p is not None for p in built)
+        out = list(messages)
+        for i, prefix in zip(todo, built):
+            kind, request_id, (prompt_ids, _), settings = messages[i]
+            out[i] = None if prefix is None else (kind, request_id, (prompt_ids, prefix), settings)
+        return [m for m in out if m is not None]
+
+    def _build_one(self, message: tuple):
+        try:
+            prefix = resolve([message[2][1]])[0]
+            self.prefix_batches += 1
+            return prefix
+        except Exception as error:
+            self._fail_admission(message[1], error)
+            return None
+
+    def _fail_admission(self, request_id, error: Exception) -> None:
+        if isinstance(error, ValueError):  # validated before submit; a failure here still must answer
+            self._fail([request_id], WorkFailed(400, str(error)))
+        else:
+            self._fail([request_id], WorkFailed(500, f"the engine could not admit the request: {describe(error)}"))
 
     def _handle(self, kind, request_id, prompt, settings) -> None:
         if kind == "cancel":
@@ -192,10 +240,8 @@ class Scheduler:
                               seed=settings.seed, prefix=prefix)
             self.engines[block].add(request)
             self.owner[request_id] = block
-        except ValueError as error:  # validated before submit; a failure here still must answer
-            self._fail([request_id], WorkFailed(400, str(error)))
         except Exception as error:
-            self._fail([request_id], WorkFailed(500, f"the engine could not admit the request: {describe(error)}"))
+            self._fail_admission(request_id, error)
 
     def _cancel(self, request_id) -> None:
         owner = self.owner.pop(request_id, None)
@@ -223,6 +269,9 @@ class Scheduler:
             rows = [rid for rid, owner in self.owner.items() if owner == block]
             self._fail(rows, WorkFailed(500, f"the engine failed while decoding: {describe(error)}"))
             return
+        ran = len(engine.rows) + len(finished)
+        self.steps, self.row_steps = self.steps + 1, self.row_steps + ran
+        self.largest_batch = max(self.largest_batch, ran)
         for request_id, tokens in engine.progress().items():
             ticket = self.tickets.get(request_id)
             if ticket is not None and len(tokens) > ticket.sent:
