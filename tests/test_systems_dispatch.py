@@ -109,3 +109,18 @@ def test_options_of_another_system_are_refused_before_loading(tmp_path, monkeypa
 def test_uni_options_are_refused_for_lladao(tmp_path, capsys):
     assert main(["draw", "--model", str(LLADAO), "a 7", "--full-ode", "--out", str(tmp_path)]) == 2
     assert "--full-ode: LLaDA2.0-Uni options; a LLaDA-o model" in capsys.readouterr().err
+
+
+def test_demo_runs_the_demo_of_the_models_system(capsys):
+    from argparse import Namespace
+
+    from omnidlm.commands import demo
+
+    picked = Namespace(model=str(UNI), system=None)
+    assert demo.demo_system(picked) is systems.SYSTEMS["uni"]
+    default = Namespace(model=None, system="uni")
+    assert demo.demo_system(default) is systems.SYSTEMS["uni"] and Path(default.model) == UNI
+    assert main(["demo", "--model", str(MODELS / "text-tiny")]) == 2
+    assert "a LLaDA model has no digits demo (demos: LLaDA-o, LLaDA2.0-Uni)" in capsys.readouterr().err
+    assert main(["demo", "--model", str(UNI), "--system", "lladao"]) == 2
+    assert "is a LLaDA2.0-Uni model, not --system lladao's LLaDA-o" in capsys.readouterr().err

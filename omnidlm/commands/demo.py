@@ -4,6 +4,7 @@
     omnidlm demo --all                    # 10 drawings per digit (every held-out digit is asked by default)
     omnidlm demo --train                  # retrain the model first (recipe digits-lladao, <= 15 min)
     omnidlm demo --system uni             # the same digits with LLaDA2.0-Uni (models/uni-digits)
+    omnidlm demo --model runs/uni         # the demo of the model's system (the registry finds it)
 
 Writes into --out/<system>/ (default demo_out/lladao/): `drawings.png` (a grid, one labelled
 column per digit), `unmasking.gif` and `unmasking.png` (one answer unmasked one token per
@@ -21,14 +22,25 @@ from pathlib import Path
 
 import numpy as np
 
-from .ask import DEFAULT_MODEL
-from .args import finite_float, positive_int, probability, seed
+from .args import finite_float, positive_int, probability, seed, shipped_model
+
+
+def _run_uni(args, system) -> int:
+    from .demo_uni import run_uni
+
+    return run_uni(args)
+
+
+def _systems_help() -> str:
+    from .. import systems
+
+    return "; ".join(f"{n}: {systems.SYSTEMS[n].title} (models/{systems.SYSTEMS[n].shipped})" for n in DEMOS)
 
 
 def register(sub) -> None:
     p = sub.add_parser("demo", help="the digits demo (LLaDA-o or Uni): answer questions about digits, draw digits")
-    p.add_argument("--system", choices=("lladao", "uni"), default="lladao",
-                   help="lladao: LLaDA-o (models/lladao-digits); uni: LLaDA2.0-Uni (models/uni-digits)")
+    p.add_argument("--system", choices=tuple(DEMOS), default=None,
+                   help=f"{_systems_help()} (default: the system of --model, else lladao)")
     p.add_argument("--model", default=None, help="a digits model directory (default: the system's shipped one)")
     p.add_argument("--train", action="store_true",
                    help="retrain the model (recipe digits-lladao or digits-uni) into --out/<system>/model")
@@ -167,21 +179,35 @@ def show_table(rows: list[tuple[str, str]], out: Path) -> None:
     table_png([{"metric": k, "value": v} for k, v in rows], out / "table.png")
 
 
+def demo_system(args):
+    """The system whose demo runs: the one the registry finds at --model (which --system, when given,
+    must name), else --system's (default lladao) with its shipped model."""
+    from .. import systems
+
+    if args.model is None or not Path(args.model).exists():  # no model yet: --system's (load_or_train says so)
+        system = systems.SYSTEMS[args.system or "lladao"]
+        args.model = args.model or shipped_model(system.shipped)
+        return system
+    system = systems.find(args.model)
+    if system.name not in DEMOS:
+        demos = ", ".join(systems.SYSTEMS[n].title for n in DEMOS)
+        raise ValueError(f"--model {args.model}: a {system.title} model has no digits demo (demos: {demos})")
+    if args.system not in (None, system.name):
+        raise ValueError(f"--model {args.model} is a {system.title} model, not --system {args.system}'s "
+                         f"{systems.SYSTEMS[args.system].title}")
+    return system
+
+
 def run(args) -> int:
     import torch
 
     torch.set_num_threads(1)  # small matrices: a second thread only adds contention
-    if args.system == "uni":
-        from .demo_uni import DEFAULT_UNI_MODEL, run_uni
-
-        args.model = args.model or DEFAULT_UNI_MODEL
-        return run_uni(args)
-    args.model = args.model or DEFAULT_MODEL
-    args.steps = args.steps or 30
-    return run_lladao(args)
+    system = demo_system(args)
+    args.system = system.name  # the output folder, --out/<system>/
+    return DEMOS[system.name](args, system)
 
 
-def run_lladao(args) -> int:
+def run_lladao(args, system) -> int:
     from ..data.digits import QUESTION, digit_images
     from ..eval.omni_digits import drawing_accuracy, question_accuracy, sample_diversity
     from ..sampling.omni import understand
@@ -189,6 +215,7 @@ def run_lladao(args) -> int:
 
     (model, tok), summary, model_dir = load_or_train(args, train_omni, digits_lladao,
                                                      "VAE, then the omni model")
+    args.steps = args.steps or system.sampling["draw_steps"]
     out = system_dir(args)
     limit, per_digit = (None, 10) if args.all else (args.questions, args.per_digit)
     from tqdm.auto import tqdm
@@ -215,3 +242,8 @@ def run_lladao(args) -> int:
               "drawing_predicted": d["predicted"].tolist(), "training": summary}
     (out / "demo.json").write_text(json.dumps(record, indent=1, default=str) + "\n")
     return 0
+
+
+# the digits demo of each system that has one (what it shows differs: LLaDA-o unmasks an answer, Uni
+# also edits, interleaves and thinks); the system comes from the registry, this only names its demo
+DEMOS = {"lladao": run_lladao, "uni": _run_uni}

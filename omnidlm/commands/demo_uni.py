@@ -15,8 +15,9 @@ import numpy as np
 
 from .demo import grid_png, load_or_train, score_rows, show_table, system_dir
 from .args import shipped_model
+from ..systems import SYSTEMS
 
-DEFAULT_UNI_MODEL = shipped_model("uni-digits")
+DEFAULT_UNI_MODEL = shipped_model(SYSTEMS["uni"].shipped)
 
 
 def edits_png(model, tok, out, seed: int) -> None:

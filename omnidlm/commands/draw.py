@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .ask import DEFAULT_MODEL, MAX_PIXELS, read_image
+from .ask import DEFAULT_MODEL, MAX_PIXELS, parse_ids, read_image
 from .args import finite_float, int_in, positive_float, positive_int, probability, seed
 
 # every drawing option of every system, by its dest: (flags, argparse keywords). A system's spec names
@@ -154,16 +154,6 @@ def save_png(image: np.ndarray, path: Path, scale: int = 1) -> None:
 
 
 # --- LLaDA-o --------------------------------------------------------------------------------------------
-
-
-def parse_ids(text: str, flag: str = "--prompt-ids") -> list[int]:
-    try:
-        ids = [int(t) for t in text.replace(" ", ",").split(",") if t.strip()]
-    except ValueError:
-        raise ValueError(f"{flag} must be comma-separated integers, got {text!r}") from None
-    if not ids:
-        raise ValueError(f"{flag} is empty")
-    return ids
 
 
 def read_noise(path: str):

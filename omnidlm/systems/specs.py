@@ -40,6 +40,7 @@ class System:
     answers_without_image: bool = False  # whether `answer` also takes a question with no image
     draw: Callable | None = None  # (Loaded, tasks.Drawing) -> tasks.Drawn: draws, and edits ("draw", "edit")
     draw_options: tuple[str, ...] = ()  # the drawing options `draw` takes (flag dests of commands/draw.py)
+    shipped: str | None = None  # the model the project ships for it: models/<shipped> (its README says how it was trained)
 
     def __post_init__(self):
         unknown = set(self.capabilities) - CAPABILITIES
@@ -165,12 +166,13 @@ SYSTEMS: dict[str, System] = {s.name: s for s in [
            _is_lladao, _load_lladao, _save_lladao, lambda m: _lladao_model(m, llada_v=False),
            ("digits-lladao", "digits-lladao-tiny"),
            _settings(block_length=32, threshold=0.95, draw_steps=30, cfg=4.0),
-           answer=lladao.answer, draw=lladao.draw, draw_options=lladao.DRAW_OPTIONS),
+           answer=lladao.answer, draw=lladao.draw, draw_options=lladao.DRAW_OPTIONS, shipped="lladao-digits"),
     System("uni", "LLaDA2.0-Uni", frozenset({"text", "see", "draw", "edit", "interleave"}),
            "config.json with 'image_token_offset' + model.safetensors + image_tokenizer/ [+ decoder/]",
            _is_uni, _load_uni, _save_uni, _uni_model, ("digits-uni", "digits-uni-tiny"),
            _settings(block_length=32, threshold=0.95, cache="exact", decoder="distilled", cfg=4.0),
-           answer=uni.answer, answers_without_image=True, draw=uni.draw, draw_options=uni.DRAW_OPTIONS),
+           answer=uni.answer, answers_without_image=True, draw=uni.draw, draw_options=uni.DRAW_OPTIONS,
+           shipped="uni-digits"),
     System("llada-v", "LLaDA-V", frozenset({"text", "see"}),
            "config.json with mm_* fields + model.safetensors (model.vision_tower.*, model.mm_projector.*)",
            _is_llada_v, _load_llada_v, _save_llada_v, lambda m: _lladao_model(m, llada_v=True), (),
@@ -184,5 +186,6 @@ SYSTEMS: dict[str, System] = {s.name: s for s in [
            "config.json (omnidlm, LLaDA's OLMo fields or Llama fields) + model.safetensors (or its index)",
            _is_dense_text, formats.load, _save_text("omnidlm"), lambda m: _backbone(m, moe=False),
            ("synthetic-text", "synthetic-tiny", "chat-sft", "chat-lora"),
-           _settings(gen_length=128, policy="fixed", cache="none", temperature=0.0, remasking="low_confidence")),
+           _settings(gen_length=128, policy="fixed", cache="none", temperature=0.0, remasking="low_confidence"),
+           shipped="text-tiny"),
 ]}
