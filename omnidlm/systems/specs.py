@@ -159,7 +159,8 @@ def _settings(**kw) -> Mapping:
 
 
 # default sampling settings: what a system's answerer and drawing sampler use when a knob is not
-# given (lladao.py, uni.py, llada_v.py: `omnidlm ask`, `draw`, `edit`)
+# given (lladao.py, uni.py, llada_v.py: `omnidlm ask`, `draw`, `edit`). The text systems' are not read
+# by a command yet: `omnidlm generate` picks its sampler by the model's attention layout.
 SYSTEMS: dict[str, System] = {s.name: s for s in [
     System("lladao", "LLaDA-o", frozenset({"text", "see", "draw", "edit"}),
            "llm_config.json + ema.safetensors (or its index) [+ vit_config.json, ae.safetensors, ae_params.json]",
