@@ -244,6 +244,18 @@ class Server:
             events.put_nowait(None)
 
 
+def chat_chars(body: ChatRequest) -> int:
+    """The characters of the messages' text (a text part joins the next with one space)."""
+    total = 0
+    for message in body.messages:
+        if isinstance(message.content, str):
+            total += len(message.content)
+        else:
+            texts = [p.text for p in message.content if p.type == "text" and p.text]
+            total += sum(map(len, texts)) + max(0, len(texts) - 1)
+    return total
+
+
 def longest_token(tokenizer) -> int:
     """The most characters one token of the vocabulary stands for (cached on the tokenizer)."""
     if not hasattr(tokenizer, "_longest_token"):
@@ -284,14 +296,17 @@ def install_text_routes(app: FastAPI, server: Server) -> None:
     async def chat(body: ChatRequest, request: Request):
         check_model(body.model, server.name)
         refuse_unsupported(body, ("cfg_scale",), "/v1/chat/completions")
-        messages, images = await asyncio.to_thread(server.chat_messages, body)
         interleave = "image" in (body.modalities or ())
         if interleave and "interleave" not in backend.capabilities:
             raise APIError(400, f"model {server.name!r} does not answer with images", "modalities")
         if interleave and body.stream:
             raise APIError(400, "an answer with images is not streamed: drop stream or modalities", "stream")
-        chars = sum(len(m["content"]) for m in messages)
-        prompt = await server.prompt(lambda: backend.chat_prompt(messages, images, interleave), chars, "messages")
+
+        def build() -> Prompt:  # images decoded and the prompt built in ONE trip off the event loop
+            messages, images = server.chat_messages(body)
+            return backend.chat_prompt(messages, images, interleave)
+
+        prompt = await server.prompt(build, chat_chars(body), "messages")
         settings = server.settings(body, prompt, "messages")
         return await respond(server, "chat.completion", prompt, settings, body, request)
 
