@@ -69,3 +69,31 @@ def test_a_seeded_request_gives_the_same_answer_in_any_batch(served):
     other_seed = asyncio.run(send_all(url, [{**probe, "seed": 99}] * 1))[0]
     texts = {alone[1]["choices"][0]["message"]["content"], other_seed[1]["choices"][0]["message"]["content"]}
     assert len(texts) == 2, "at temperature 2 another seed should change the answer"
+
+
+def test_a_request_admitted_while_others_decode_computes_only_its_block():
+    """Exact cache: a request that joins rows already decoding has its prompt blocks written by a
+    prefill forward of its own, so the denoising forward holds block-length queries for every row
+    (a new prompt no longer pads the decoding rows to its length), and its answer is the one it
+    has alone."""
+    from omnidlm.sampling.engine import BatchEngine, Request, SamplingConfig
+    from omnidlm.sampling.policies import Threshold
+
+    model, tokenizer = omnidlm.load(MODEL), Tokenizer.from_file(MODEL)
+    prompts = [tokenizer.encode_chat(messages) for messages, _ in heldout(3)]
+    cfg = SamplingConfig(max_new_tokens=64, block_length=32, cache="exact", policy=Threshold(1.0, 32))
+    alone = BatchEngine(model, cfg, max_batch=4).run([Request(prompts[2])])[0].tokens
+    engine = BatchEngine(model, cfg, max_batch=4)
+    engine.add(Request(prompts[0]))
+    engine.add(Request(prompts[1]))
+    engine.step()  # the first two rows decode (one token per step)
+    shapes = []
+    hook = model.register_forward_pre_hook(lambda m, args, kw: shapes.append(tuple(args[0].shape)), with_kwargs=True)
+    late = engine.add(Request(prompts[2]))
+    engine.step()
+    hook.remove()
+    assert shapes == [(1, len(prompts[2]) // 32 * 32), (3, 32)]  # its prompt blocks, then every row's block
+    done = {}
+    while engine.busy:
+        done.update((r.id, r) for r in engine.step())
+    assert done[late].tokens == alone

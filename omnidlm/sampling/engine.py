@@ -139,6 +139,7 @@ class BatchEngine:
             return []
         if self.cache is not None:
             self._prefill()
+            self._prefill_prompts()
         return self._advance(*self._denoise())
 
     def run(self, requests) -> list[Result]:
@@ -274,6 +275,34 @@ class BatchEngine:
                      kv_cache=self.cache, logits_at=slots.new_zeros(n, 0))
         for row in rows:
             row.prefilled = True
+
+    def _prefill_prompts(self) -> None:
+        """Exact cache, rows admitted while others decode: ONE forward writes the new rows' prompt
+        blocks before their first denoised block into the cache, so the denoising forward computes
+        only each row's block. In one forward a new row's prompt would pad every decoding row's
+        queries to its length (31 decoding rows and one 111-token prompt: 4x the step,
+        docs/benchmarks.md "Serving"). Rows admitted with none decoding keep one forward."""
+        if self.cfg.cache != "exact" or self.cfg.sprint is not None or all(r.forwards == 0 for r in self.rows):
+            return
+        new = [i for i, row in enumerate(self.rows) if row.forwards == 0 and row.cached < row.block]
+        if not new:
+            return
+        first, dev = new[0], self.tokens.device
+        rows = self.rows[first:]  # admitted at this step: at the end
+        ends = [row.block if row.forwards == 0 else row.cached for row in rows]
+        q_pos = torch.arange(max(ends), device=dev).expand(len(rows), -1)
+        valid = q_pos < torch.tensor(ends, device=dev)[:, None]
+        q_pos = torch.where(valid, q_pos, 0)
+        shift = torch.tensor([row.shift for row in rows], device=dev)[:, None]
+        rope = torch.tensor([row.rope for row in rows], device=dev)[:, None]
+        slots = torch.where(valid, q_pos - shift, self.cache.trash)
+        width = max(e - row.shift for e, row in zip(ends, rows))
+        k_pos = self.cache.begin(slots, q_pos, width, first_row=first)
+        tokens = torch.where(valid, self.tokens[first : first + len(rows), : q_pos.shape[1]], self.pad_id)
+        self.forward(tokens, attention_mask=self._mask(q_pos, valid, k_pos, None), position_ids=q_pos + rope,
+                     kv_cache=self.cache, logits_at=slots.new_zeros(len(rows), 0))
+        for row, end in zip(rows, ends):
+            row.cached = end
 
     # -- one denoising step ----------------------------------------------------------------------
     def _plan(self) -> dict[str, torch.Tensor]:
