@@ -11,7 +11,6 @@ from omnidlm.sampling.policies import FixedSteps, Threshold
 from omnidlm.sampling.prefix import Prefix, split_mask
 from omnidlm.sampling.reference import generate as llada_generate
 from omnidlm.sampling.reference import generate_llada2
-from omnidlm.sampling.sprint import Sprint
 from test_engine import prompts
 
 
@@ -115,10 +114,8 @@ def test_bad_prefixes_say_what():
         Prefix(torch.zeros(3, 8), torch.arange(3), torch.ones(2, 2))
     with pytest.raises(ValueError, match="position_ids has 2"):
         Prefix(torch.zeros(3, 8), torch.arange(2))
-    sprint = BatchEngine(MockModel(confident(lambda p: 3, 0.9)), SamplingConfig(max_new_tokens=8, block_length=4,
-                                                                                  cache="exact", sprint=Sprint()))
-    with pytest.raises(ValueError, match="SPRINT"):
-        sprint.add(Request([1], prefix=Prefix(torch.zeros(3, 8), torch.arange(3))))
+    with pytest.raises(ValueError, match="image_mask has 2"):
+        Prefix(torch.zeros(3, 8), torch.arange(3), image_mask=[True, False])
 
 
 def test_canvas_shows_the_current_block_with_its_masks():

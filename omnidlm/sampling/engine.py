@@ -51,7 +51,7 @@ from .config import ATTENTIONS, CACHE_MODES, SamplingConfig, check_config, refer
 from .policies import Threshold, step_minimum
 from .prefix import PREFIX_SLOT, Prefix
 from .rows import RowSettings, RowTable
-from .sprint import prune_row, prefix_confidence
+from .sprint import note_prefill, note_prompt, prune_row
 
 
 @dataclass
@@ -89,7 +89,7 @@ class _Row:
     cached: int = 0  # exact cache: positions before this are final in the cache
     forwards: int = 0
     shift: int = 0  # slot = position - shift: -prefix length, or SPRINT's pruned prompt positions
-    prefix_conf: torch.Tensor | None = None  # SPRINT: top-1 confidence of the prompt positions
+    prefix_conf: torch.Tensor | None = None  # SPRINT: top-1 confidence of the prefix and prompt positions
     rope: int = 0  # RoPE position of canvas position 0 (the prefix's next_position)
     prefilled: bool = True  # False until the prefix is in the cache
 
@@ -215,8 +215,6 @@ class BatchEngine:
         if prefix.embeds.shape[1] != self.model.config.hidden_size:
             raise ValueError(f"Prefix.embeds have width {prefix.embeds.shape[1]}, the model's hidden size is "
                              f"{self.model.config.hidden_size}")
-        if self.cfg.sprint is not None:
-            raise ValueError("SPRINT prunes a prompt of token ids; it does not take a Request.prefix")
         return prefix.length
 
     def _settings(self, request: Request) -> RowSettings:
@@ -271,8 +269,11 @@ class BatchEngine:
         slots = torch.where(pre["valid"], torch.arange(width, device=self.tokens.device), self.cache.trash)
         self.cache.begin(slots, torch.full_like(slots, PREFIX_SLOT), width, first_row=first)
         mask = pre["mask"][:, None]  # (n, 1, P, P)
-        self.forward(None, inputs_embeds=pre["embeds"], attention_mask=mask, position_ids=pre["position_ids"],
-                     kv_cache=self.cache, logits_at=slots.new_zeros(n, 0))
+        sprint = self.cfg.sprint is not None  # SPRINT scores the prefix positions by confidence
+        out = self.forward(None, inputs_embeds=pre["embeds"], attention_mask=mask, position_ids=pre["position_ids"],
+                           kv_cache=self.cache, logits_at=None if sprint else slots.new_zeros(n, 0))
+        if sprint:
+            note_prefill(rows, out.logits)
         for row in rows:
             row.prefilled = True
 
@@ -489,7 +490,7 @@ class BatchEngine:
     def _note_prefix_confidence(self, logits, a) -> None:
         for i, row in enumerate(self.rows):
             if row.forwards == 0:  # the prefill step: confidences of the prompt positions
-                row.prefix_conf = prefix_confidence(logits[i], int(a[i]), row.prompt_len)
+                note_prompt(row, logits[i], int(a[i]))
 
 
 def _compiled(model):

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ..data import omni_batches as OB
-from ..sequence.segments import Layout, pack, text, vit_image
+from ..sequence.segments import VIT, Layout, pack, text, vit_image
 from .config import steps_per_block
 from .engine import BatchEngine, Request, SamplingConfig
 from .policies import make_policy, Threshold
@@ -96,7 +96,9 @@ def prefix_of(model, segments, ids: list[int], vit: list[torch.Tensor], mask: to
     """A prefix of one sample's segments: embeddings from `LLaDAO.embed`, the layout's positions
     and (unless given) its segment mask."""
     prefix = prefixes_of(model, [(segments, ids, vit)])[0]
-    return prefix if mask is None else Prefix(prefix.embeds, prefix.position_ids, mask)
+    if mask is None:
+        return prefix
+    return Prefix(prefix.embeds, prefix.position_ids, mask, image_mask=prefix.image_mask)
 
 
 def prefixes_of(model, samples: list[tuple]) -> list[Prefix]:
@@ -114,7 +116,8 @@ def prefixes_of(model, samples: list[tuple]) -> list[Prefix]:
     mask, out = layout.mask[:, 0], []
     for i, (_, row, _) in enumerate(samples):
         P = len(row)
-        out.append(Prefix(embeds[i, :P], layout.position_ids[i, :P], mask[i, :P, :P]))
+        out.append(Prefix(embeds[i, :P], layout.position_ids[i, :P], mask[i, :P, :P],
+                          image_mask=layout.kind[i, :P] == VIT))  # SPRINT's keep_image (sampling/sprint.py)
     return out
 
 

@@ -46,6 +46,7 @@ class Prefix:
     position_ids: torch.Tensor  # (P,) RoPE positions
     mask: torch.Tensor | None = None  # (P, P) bool among the prefix tokens (with "block" attention)
     next_position: int | None = None  # RoPE position of canvas token 0; None: max(position_ids) + 1
+    image_mask: torch.Tensor | None = None  # (P,) bool, True at image embeddings: SPRINT's keep_image (sampling/sprint.py)
 
     def __post_init__(self):
         if self.embeds.dim() != 2 or self.embeds.shape[0] == 0:
@@ -60,6 +61,10 @@ class Prefix:
                 raise ValueError(f"Prefix.mask must be ({P}, {P}) for {P} embeddings, got {tuple(self.mask.shape)}")
             if not self.mask.any(1).all():
                 raise ValueError("Prefix.mask has a token that sees nothing (an empty attention row)")
+        if self.image_mask is not None:
+            self.image_mask = torch.as_tensor(self.image_mask, dtype=torch.bool).reshape(-1)
+            if self.image_mask.shape[0] != P:
+                raise ValueError(f"Prefix.image_mask has {self.image_mask.shape[0]} entries for {P} embeddings")
         if self.next_position is None:
             self.next_position = int(self.position_ids.max()) + 1
 

@@ -9,6 +9,12 @@ top-1 softmax confidence of the model at position i in the prefill forward. Text
 positions keep their own top fraction (`keep_text`, `keep_image`); the rest leave the cache, which
 is compacted, so every later step attends over fewer keys. Generated blocks are never pruned.
 
+A request with a multimodal prefix (sampling/prefix.py; LLaDA-o's understanding: cache "exact",
+block attention) is pruned the same way: the candidates are its prefix slots, then its cached
+prompt ids; the prefill forward gives the prefix positions' confidences (the head's top-1
+probability there, for ViT features as for text), `Prefix.image_mask` says which are images.
+LLaDA-V (full attention, no exact cache) cannot take SPRINT: it refuses cache "approx" and "none".
+
 Its unmasking is non-uniform: every masked position above SPRINT's own `threshold` is committed
 (the policy's threshold when None), and at least `min_accept` positions per step.
 
@@ -51,6 +57,20 @@ def prefix_confidence(logits_LV: torch.Tensor, start: int, prompt_len: int) -> t
     return F.softmax(logits_LV[:n].float(), dim=-1).max(-1).values
 
 
+def note_prefill(rows, logits_NPV: torch.Tensor) -> None:
+    """The prefill forward of rows with a prefix (batch row j = rows[j]): their prefix positions'
+    confidences, before those of the prompt ids (`note_prompt`)."""
+    for row, logits in zip(rows, logits_NPV):
+        if row.prefix is not None:
+            row.prefix_conf = prefix_confidence(logits, 0, row.prefix.length)
+
+
+def note_prompt(row, logits_LV: torch.Tensor, start: int) -> None:
+    """A row's first denoising forward: the confidences of its prompt ids, after its prefix's."""
+    conf = prefix_confidence(logits_LV, start, row.prompt_len)
+    row.prefix_conf = conf if row.prefix is None else torch.cat([row.prefix_conf.to(conf.device), conf])
+
+
 def scores(knorm: torch.Tensor, conf: torch.Tensor, alpha: float) -> torch.Tensor:
     """s_i = alpha * knorm_i / mean(knorm) + (1 - alpha) * c_i."""
     return alpha * knorm / knorm.mean().clamp_min(1e-12) + (1 - alpha) * conf
@@ -67,17 +87,28 @@ def keep_positions(score: torch.Tensor, is_image: torch.Tensor, sprint: Sprint) 
     return torch.cat(kept).sort().values if kept else score.new_zeros(0, dtype=torch.long)
 
 
-def prune_row(engine, i: int) -> None:
-    """Prune row i's cached prompt positions [0, min(prompt_len, cached)) and compact its cache."""
-    row, cache = engine.rows[i], engine.cache
-    n = 0 if row.prefix_conf is None else min(row.prompt_len, row.cached, len(row.prefix_conf))
-    if n == 0 or row.shift:
-        return  # nothing cached yet, or already pruned
-    slots = torch.arange(n, device=cache.slot_pos.device)  # unpruned: slot = position
-    knorm = torch.stack([k[i, :, :n].float().norm(dim=-1).mean(0) for k in cache.k]).mean(0)  # (n,)
+def _is_image(row, n_prompt: int, device) -> torch.Tensor:
+    """(P + n_prompt,) bool: the prefix's image positions (`Prefix.image_mask`), then the prompt's."""
+    prefix = [] if row.prefix is None else \
+        ([False] * row.prefix.length if row.prefix.image_mask is None else row.prefix.image_mask.tolist())
     image = row.request.image_mask
-    is_image = torch.tensor(image[:n] if image else [False] * n, dtype=torch.bool, device=slots.device)
+    return torch.tensor(prefix + list(image[:n_prompt] if image else [False] * n_prompt), dtype=torch.bool,
+                        device=device)
+
+
+def prune_row(engine, i: int) -> None:
+    """Prune row i's prefix slots and cached prompt positions [0, min(prompt_len, cached)) (slots
+    [0, P + those): unpruned, slot = P + position) and compact its cache; once per row."""
+    row, cache = engine.rows[i], engine.cache
+    if row.prefix_conf is None:
+        return  # nothing scored yet, or already pruned
+    P = 0 if row.prefix is None else row.prefix.length
+    n = P + max(0, min(row.prompt_len, row.cached, len(row.prefix_conf) - P))
+    if n == 0:
+        return
+    knorm = torch.stack([k[i, :, :n].float().norm(dim=-1).mean(0) for k in cache.k]).mean(0)  # (n,)
     keep = keep_positions(scores(knorm, row.prefix_conf[:n].to(knorm.device), engine.cfg.sprint.alpha),
-                          is_image, engine.cfg.sprint)
-    rest = torch.arange(n, row.cached, device=slots.device)  # cached generated positions stay
+                          _is_image(row, n - P, knorm.device), engine.cfg.sprint)
+    rest = torch.arange(n, P + row.cached, device=keep.device)  # cached generated positions stay
     row.shift = cache.compact_row(i, torch.cat([keep, rest]), row.cached)
+    row.prefix_conf = None
