@@ -135,10 +135,12 @@ def thinking_accuracy(model, tokenizer, config=None, keep_images: bool = False) 
 DIGITS_SPRINT = dict(keep_text=1.0, keep_image=1.0, threshold=0.7, min_accept=8)
 
 
-def sprint_comparison(model, tokenizer, limit: int = 40, seed: int = 0, sprint=None, repeats: int = 2) -> dict:
+def sprint_comparison(model, tokenizer, limit: int = 40, seed: int = 0, sprint=None, repeats: int = 5) -> dict:
     """'Describe the image in detail.' (answers of 64+ tokens) with and without SPRINT, same engine.
 
-    The two settings run alternately `repeats` times; each keeps its best tokens/s (machines are noisy).
+    The two settings run alternately `repeats` times; each keeps its best tokens/s (machines are
+    noisy: on the shared 2-core CPU two repeats of these 10-second runs gave 0.67x one time and
+    1.50x the next, so five).
     """
     from ..sampling.sprint import Sprint
 
