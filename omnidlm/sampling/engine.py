@@ -290,7 +290,7 @@ class BatchEngine:
             return
         first, dev = new[0], self.tokens.device
         rows = self.rows[first:]  # admitted at this step: at the end
-        ends = [row.block if row.forwards == 0 else row.cached for row in rows]
+        ends = [row.block for row in rows]  # their prompt blocks [0, block) (none for a row whose block is 0)
         q_pos = torch.arange(max(ends), device=dev).expand(len(rows), -1)
         valid = q_pos < torch.tensor(ends, device=dev)[:, None]
         q_pos = torch.where(valid, q_pos, 0)
