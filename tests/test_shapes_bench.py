@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from omnidlm.cli import main
-from omnidlm.eval import shapes
+from omnidlm.eval import generation, shapes
 
 
 def test_ceiling_counts_every_weight_product_of_a_full_forward():
@@ -38,9 +38,15 @@ def test_cached_forwards_give_the_logits_of_the_uncached_canvas_forward():
 def test_bench_shape_command_writes_every_kind_and_the_growth_table(tmp_path, capsys):
     out = tmp_path / "shape.json"
     assert main(["bench", "--shape", "llada-tiny", "--random-weights", "--repeats", "1", "--json", str(out)]) == 0
-    rows = json.loads(out.read_text())["rows"]
+    written = json.loads(out.read_text())
+    rows = written["rows"]
     assert [r["kind"] for r in rows] == list(shapes.KINDS)
     assert all(r["ms"] > 0 and r["ceiling_ms"] > 0 for r in rows)
+    gen = {r["name"]: r for r in written["generation"]}  # prompt 64, answer 256, block 32, 8 steps
+    assert list(gen) == ["generation approx", "step approx", "generation exact", "step exact"]
+    assert gen["generation approx"]["forwards"] == 8 * 8 and gen["step approx"]["forwards"] == 8 * 7
+    assert gen["generation exact"]["forwards"] == 8 * 8  # the prompt fills whole blocks
+    assert all(r["ms"] > 0 and r["ceiling_ms"] > 0 and r["fraction"] > 0 for r in gen.values())
     assert main(["bench", "--shape", "llada-tiny", "--random-weights", "--repeats", "1", "--gen-lengths", "32,64",
                  "--prompt-lengths", "8", "--json", str(out)]) == 0
     growth = json.loads(out.read_text())["growth"]
@@ -55,3 +61,19 @@ def test_bench_shape_refuses_without_random_weights_and_a_missing_gpu(capsys):
         with pytest.raises(SystemExit):  # --device is checked at parse time (commands/args.py)
             main(["bench", "--shape", "llada-tiny", "--random-weights", "--device", "cuda"])
         assert "no GPU" in capsys.readouterr().err
+
+
+def test_a_generation_records_the_shape_of_every_forward_it_ran():
+    """cache "approx": per block one refresh of the whole canvas and block-only steps over it;
+    cache "exact" (block layout): [cached | block] forwards whose keys grow block by block."""
+    model = shapes.random_model("llada-tiny")
+    prompts = [list(range(3, 11))]  # 8 tokens: block 0 holds them with 8 masks
+    approx = generation.timed_generation(model, prompts, "approx", "full", answer=32, block=16, steps=4)
+    got = [(s.queries, s.keys, s.head, s.masked) for s in approx["forwards"]]
+    assert got == ([(40, 40, 16, False)] + [(16, 40, 16, False)] * 3) * 2
+    exact = generation.timed_generation(model, prompts, "exact", "block", answer=32, block=16, steps=4)
+    got = [(s.queries, s.keys, s.masked) for s in exact["forwards"]]
+    # block 0 (8 masks, 4 per step): 2 steps; blocks 1 and 2: the previous block's final keys then 3 block steps
+    assert got == [(16, 16, False), (16, 16, False), (32, 32, True), (16, 32, False), (16, 32, False),
+                   (16, 32, False), (32, 48, True), (16, 48, False), (16, 48, False), (16, 48, False)]
+    assert len(exact["steps"]) == len(exact["forwards"]) and exact["seconds"] > 0

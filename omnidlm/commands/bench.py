@@ -54,8 +54,11 @@ def register(sub) -> None:
     p.add_argument("--prompt-length", type=positive_int, default=64, help="--shape: prompt tokens")
     p.add_argument("--gen-length", type=positive_int, default=256, help="--shape: answer tokens")
     p.add_argument("--block-length", type=positive_int, default=32, help="--shape: block length")
-    p.add_argument("--steps", type=positive_int, default=8, help="--shape: denoising steps per block (cost growth)")
+    p.add_argument("--steps", type=positive_int, default=8, help="--shape: denoising steps per block (whole generations, cost growth)")
     p.add_argument("--repeats", type=positive_int, default=5, help="--shape: timed repetitions (the median is kept)")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="--shape: wall-clock time, or the thread's CPU time (steadier on a shared machine; "
+                        "one thread on the CPU only)")
     p.add_argument("--gen-lengths", default=None, metavar="LIST",
                    help="--shape: ms per generated token for cache none/exact/approx at these answer lengths")
     p.add_argument("--prompt-lengths", default="64", metavar="LIST", help="--shape: prompt lengths of --gen-lengths")
@@ -166,20 +169,24 @@ def _ints(text: str, flag: str) -> list[int]:
 def run_shape(args) -> int:
     import torch
 
-    from ..eval.shapes import bench_shapes, cost_growth, format_growth, format_kinds, random_model
+    from ..eval.generation import bench_generation, format_generation
+    from ..eval.shapes import bench_shapes, cost_growth, format_growth, format_kinds, random_model, set_clock
 
     if not args.random_weights:
         raise ValueError("--shape builds a model of a named shape: pass --random-weights (no weights are read)")
+    if args.clock == "cpu" and (torch.get_num_threads() != 1 or args.device != "cpu"):
+        raise ValueError("--clock cpu counts the calling thread only: use it on --device cpu with --threads 1")
+    set_clock(args.clock)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {args.device}: this machine has no GPU (torch.cuda.is_available() is False)")
     model = random_model(args.shape, args.device, getattr(torch, args.dtype))
     cfg = model.config
     print(f"shape {args.shape} ({model.num_parameters() / 1e6:.1f} M parameters, random weights), "
           f"{args.dtype} on {args.device}, {torch.get_num_threads()} thread(s); prompt {args.prompt_length}, "
-          f"answer {args.gen_length}, block {args.block_length}")
+          f"answer {args.gen_length}, block {args.block_length}; {args.clock} clock")
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
     out = {"shape": args.shape, "dtype": args.dtype, "device": args.device, "threads": torch.get_num_threads(),
-           "config": cfg.to_dict()}
+           "clock": args.clock, "config": cfg.to_dict()}
     if args.gen_lengths:
         rows = cost_growth(model, _ints(args.gen_lengths, "--gen-lengths"), _ints(args.prompt_lengths, "--prompt-lengths"),
                            args.block_length, args.steps, max(1, args.repeats // 2), log)
@@ -190,6 +197,12 @@ def run_shape(args) -> int:
                               args.block_length, args.repeats, log)
         print(format_kinds(result))
         out.update(result)
+        gen = [row for b in _ints(args.batch_sizes, "--batch-sizes")
+               for row in bench_generation(model, b, args.prompt_length, args.gen_length, args.block_length,
+                                           args.steps, max(1, args.repeats // 2), log)]
+        print(f"\nwhole generations ({args.steps} steps per block, fixed steps, no EOS stop):")
+        print(format_generation(gen))
+        out["generation"] = gen
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
     return 0

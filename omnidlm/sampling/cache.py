@@ -33,7 +33,7 @@ class KVCache:
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
         self.slot_pos = torch.full((batch, length + 1), -1, dtype=torch.long, device=device)  # (B, T+1)
-        self._rows = self._slots = None
+        self._rows = self._slots = self._starts = None
         self.width = self._first = 0
 
     @classmethod
@@ -59,16 +59,20 @@ class KVCache:
         self.slot_pos = torch.cat([self.slot_pos[:, :-1], pad, self.slot_pos[:, -1:]], dim=1)
         self.length = length
 
-    def begin(self, slots: torch.Tensor, positions: torch.Tensor, width: int, first_row: int = 0) -> torch.Tensor:
+    def begin(self, slots: torch.Tensor, positions: torch.Tensor, width: int, first_row: int = 0,
+              starts: list[int] | None = None) -> torch.Tensor:
         """Prepare a forward of rows [first_row, first_row + n): query j of batch row r writes slot
         slots[r, j] (trash for padding) and holds position positions[r, j] (a prefix slot holds
-        `prefix.PREFIX_SLOT`). -> the positions of slots [0, width) of those rows, (n, W)."""
+        `prefix.PREFIX_SLOT`). `starts` (host ints, one per row): given when every row's slots are
+        the contiguous range [starts[r], starts[r] + Lq), so each layer's writes are slice copies
+        instead of scatters. -> the positions of slots [0, width) of those rows, (n, W)."""
         n = slots.shape[0]
         if width > self.length:
             raise ValueError(f"cache width {width} exceeds its length {self.length}")
         rows = torch.arange(first_row, first_row + n, device=slots.device)
         self._rows = rows[:, None].expand_as(slots)  # (n, Lq)
         self._slots, self.width, self._first = slots, width, first_row
+        self._starts = None if starts is None else self._runs(starts, slots.shape)
         self.slot_pos[self._rows, slots] = torch.where(slots == self.trash, -1, positions)
         return self.slot_pos[first_row : first_row + n, :width]
 
@@ -76,9 +80,29 @@ class KVCache:
         """Write the new keys/values into their slots; -> keys/values of slots [0, width)."""
         rows = slice(self._first, self._first + k_BHLD.shape[0])
         k_store, v_store = self.k[layer_idx], self.v[layer_idx]
-        k_store[self._rows, :, self._slots] = k_BHLD.transpose(1, 2).to(k_store.dtype)  # (n, Lq, H, D)
-        v_store[self._rows, :, self._slots] = v_BHLD.transpose(1, 2).to(v_store.dtype)
+        if self._starts is None:
+            k_store[self._rows, :, self._slots] = k_BHLD.transpose(1, 2).to(k_store.dtype)  # (n, Lq, H, D)
+            v_store[self._rows, :, self._slots] = v_BHLD.transpose(1, 2).to(v_store.dtype)
+        else:
+            L = k_BHLD.shape[2]
+            for i, j, start in self._starts:  # batch rows [i, j) all start at slot `start`
+                r = slice(self._first + i, self._first + j)
+                k_store[r, :, start : start + L].copy_(k_BHLD[i:j])
+                v_store[r, :, start : start + L].copy_(v_BHLD[i:j])
         return k_store[rows, :, : self.width], v_store[rows, :, : self.width]
+
+    def _runs(self, starts: list[int], shape) -> list[tuple[int, int, int]]:
+        """Row starts -> runs (first row, end row, start) of equal starts: one copy per run."""
+        n, L = shape
+        if len(starts) != n or min(starts) < 0 or max(starts) + L > self.length:
+            raise ValueError(f"starts {starts} do not give {n} ranges of {L} slots inside length {self.length}")
+        out = []
+        for i, start in enumerate(starts):
+            if out and out[-1][2] == start:
+                out[-1] = (out[-1][0], i + 1, start)
+            else:
+                out.append((i, i + 1, start))
+        return out
 
     def reset_row(self, row: int) -> None:
         """Forget a row (a new request takes its place)."""

@@ -326,6 +326,9 @@ class BatchEngine:
         plan = dict(zip(names, cols))
         plan["n_queries"] = max(r[1] - r[0] for r in table)
         plan["width"] = max(r[2] for r in table)
+        # no row padded: every row writes the contiguous slots [a - shift, e - shift) (cache.begin)
+        full = all(r[1] - r[0] == plan["n_queries"] for r in table)
+        plan["starts"] = [r[0] - r[8] for r in table] if full else None
         return plan
 
     def _denoise(self):
@@ -368,7 +371,7 @@ class BatchEngine:
             kv = None
         else:
             slots = torch.where(valid, q_pos - plan["shift"][:, None], self.cache.trash)
-            k_pos = self.cache.begin(slots, q_pos, plan["width"])  # (n, W)
+            k_pos = self.cache.begin(slots, q_pos, plan["width"], starts=plan["starts"])  # (n, W)
             kv = self.cache
         rope = q_pos + plan["rope"][:, None]  # RoPE positions: after a prefix they continue from it
         if kv is None and any(row.prefix is not None for row in self.rows):
@@ -406,8 +409,10 @@ class BatchEngine:
             ok = key_ok & (k_pos[:, None, :] // bl <= q_pos[:, :, None] // bl)  # (n, Lq, W)
         else:
             ok = (key_ok & (k_pos < lengths[:, None])[:, None, :]).expand(-1, q_pos.shape[1], -1)
-            if bool(ok.all()):
-                return None  # full attention with no padding: the reference's own call
+        if bool(ok.all()):
+            # every query sees every key: full attention with no padding (the reference's own call),
+            # or a block step over its cached prefix; SDPA gives the same bits without a mask
+            return None
         pad = ~valid[:, :, None] & (torch.arange(k_pos.shape[1], device=k_pos.device) == 0)
         return (ok | pad)[:, None]  # padded queries see slot 0 (their output is dropped)
 

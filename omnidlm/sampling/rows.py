@@ -56,6 +56,20 @@ class RowSettings:
         return dataclasses.replace(self, **changes)
 
 
+def first_argmax(x: torch.Tensor, chunk: int = 128) -> torch.Tensor:
+    """`x.argmax(-1)`, the same index (the first maximum, NaN counting as the largest), in vectorised
+    passes on the CPU, where torch's argmax over the last dim is a scalar loop (3 ms for 32 x 32000
+    floats against 0.6 ms here): the chunk maxima, the first chunk holding the maximum (every earlier
+    chunk's maximum is smaller, so the first maximum lies in it), then the argmax inside that chunk."""
+    V = x.shape[-1]
+    if x.device.type != "cpu" or V % chunk or V < 2 * chunk:
+        return x.argmax(-1)
+    parts = x.unflatten(-1, (V // chunk, chunk))  # (..., V / chunk, chunk)
+    which = parts.amax(-1).argmax(-1, keepdim=True)  # (..., 1)
+    inner = parts.gather(-2, which[..., None].expand(*which.shape, chunk)).squeeze(-2).argmax(-1)
+    return which.squeeze(-1) * chunk + inner
+
+
 class RowTable:
     """Settings of rows [0, max_batch) as device tensors, plus each row's generator and policy."""
 
@@ -114,7 +128,7 @@ class RowTable:
         rows = self.settings[:n]
         if any(s.ban_ids for s in rows):
             logits = logits.masked_fill(self.ban[:n, None, :], float("-inf"))
-        greedy = logits.argmax(-1)  # (n, L)
+        greedy = first_argmax(logits)  # (n, L)
         p_greedy = F.softmax(logits, dim=-1).gather(-1, greedy[..., None]).squeeze(-1)
         if all(s.temperature == 0 for s in rows):
             return greedy, p_greedy

@@ -1,0 +1,177 @@
+"""A whole generation through the engine against the summed ceilings of the forwards it ran.
+
+    omnidlm bench --shape llada-60m --random-weights       # prints these rows after the forward kinds
+
+`omnidlm/eval/shapes.py` times each forward kind through the model alone; this module runs what a
+user runs: a `BatchEngine` generation (mask building, the plan, cache writes, the sampler over the
+whole vocabulary, commits, bookkeeping), policy "fixed steps" so the forwards are known in advance,
+no EOS stop. A forward hook records the shape of every forward (batch, queries, keys it attends
+over, head rows, whether a mask was passed); each distinct shape's ceiling (`shapes.ceiling_parts`:
+its matrix products and attention timed alone) is measured once per repeat, alternating with the
+generation, and multiplied by its count. Rows (docs/benchmarks.md, "Forwards at a real shape"):
+
+- `generation approx` / `generation exact`: wall-clock ms of the whole generation, the summed
+  ceiling, ceiling / time;
+- `step approx` / `step exact`: the engine's steps whose forward computes one block only (the
+  cached block step; the refreshes and the exact cache's [finished | next] block forwards are in the
+  generation rows), each step timed whole (forward, sampler, commit) and its forward alone.
+
+"approx" runs the model's own LLaDA "full" layout, "exact" the "block" layout on the same weights
+(SamplingConfig.attention), both from the same prompt.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+
+import torch
+
+from ..sampling.engine import BatchEngine, Request, SamplingConfig
+from ..sampling.policies import FixedSteps
+from .shapes import Shape, _sync, ceiling_parts, now
+
+MODES = (("approx", "full"), ("exact", "block"))  # (cache, attention)
+
+
+def record_forwards(model):
+    """-> (a list of (Shape, forward seconds) per forward, the hooks' handles to remove)."""
+    log, start = [], []
+
+    def before(_module, args, kwargs):
+        _sync(model.device)
+        start.append(now())
+
+    def after(_module, args, kwargs, _out):
+        _sync(model.device)
+        seconds = now() - start.pop()
+        x = args[0] if args and args[0] is not None else kwargs.get("input_ids")
+        if x is None:
+            x = kwargs["inputs_embeds"]
+        batch, queries = x.shape[:2]
+        cache, at = kwargs.get("kv_cache"), kwargs.get("logits_at")
+        head = queries if at is None else at.shape[1]
+        keys = queries if cache is None else cache.width
+        s = Shape("forward", batch, queries, keys, head, cached=cache is not None,
+                  masked=kwargs.get("attention_mask") is not None)
+        log.append((s, seconds))
+
+    handles = [model.register_forward_pre_hook(before, with_kwargs=True),
+               model.register_forward_hook(after, with_kwargs=True)]
+    return log, handles
+
+
+def _engine(model, cache: str, attention: str, batch: int, answer: int, block: int, steps: int):
+    cfg = SamplingConfig(max_new_tokens=answer, block_length=block, attention=attention, cache=cache,
+                         policy=FixedSteps(steps), stop_at_eos=False)
+    return BatchEngine(model, cfg, max_batch=batch)
+
+
+@torch.no_grad()
+def timed_generation(model, prompts, cache: str, attention: str, answer: int, block: int, steps: int) -> dict:
+    """One generation of `prompts` (one batch): total seconds, and per step its seconds and the
+    shape and seconds of the forward it ran."""
+    engine = _engine(model, cache, attention, len(prompts), answer, block, steps)
+    log, handles = record_forwards(model)
+    step_log = []
+    try:
+        _sync(model.device)
+        start = now()
+        for p in prompts:
+            engine.add(Request(p))
+        while engine.busy:
+            t = now()
+            before = len(log)
+            engine.step()
+            _sync(model.device)
+            step_log.append((now() - t, log[before:]))
+        total = now() - start
+    finally:
+        for h in handles:
+            h.remove()
+    return {"seconds": total, "steps": step_log, "forwards": [s for s, _ in log]}
+
+
+def _ceilings(model, shapes) -> dict[Shape, float]:
+    """Seconds of each shape's ceiling (one repeat): every part called once to warm it, then each
+    timed once in turn, as `shapes.alternate` does (no part finds its weights left hot by itself)."""
+    out = {}
+    for s in shapes:
+        parts = ceiling_parts(model, s)
+        for _, _, fn in parts:
+            fn()
+        total = 0.0
+        for count, _, fn in parts:
+            _sync(model.device)
+            t = now()
+            fn()
+            _sync(model.device)
+            total += count * (now() - t)
+        out[s] = total
+    return out
+
+
+def _summary(run: dict, ceil: dict[Shape, float], block: int) -> dict:
+    """One repeat -> generation and block-step sums (seconds)."""
+    counts = Counter(run["forwards"])
+    gen_ceiling = sum(n * ceil[s] for s, n in counts.items())
+    step_s = fwd_s = step_ceiling = 0.0
+    n_steps = 0
+    for seconds, forwards in run["steps"]:
+        if len(forwards) == 1 and forwards[0][0].cached and forwards[0][0].queries == block:
+            s, f = forwards[0]
+            step_s, fwd_s, step_ceiling, n_steps = step_s + seconds, fwd_s + f, step_ceiling + ceil[s], n_steps + 1
+    return {"seconds": run["seconds"], "ceiling": gen_ceiling, "step": step_s, "step_forward": fwd_s,
+            "step_ceiling": step_ceiling, "n_steps": n_steps, "forwards": len(run["forwards"]),
+            "shapes": len(counts)}
+
+
+def _prompts(model, batch: int, prompt: int, seed: int = 1) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    cfg = model.config
+    low = min(cfg.mask_id, cfg.eos_id, cfg.pad_token_id)  # ordinary ids: below every special one
+    return torch.randint(0, low, (batch, prompt), generator=g).tolist()
+
+
+def bench_generation(model, batch: int = 1, prompt: int = 64, answer: int = 256, block: int = 32,
+                     steps: int = 8, repeats: int = 3, progress=None) -> list[dict]:
+    """Rows `generation approx|exact` and `step approx|exact` (module docstring); medians over
+    `repeats` generations, each followed by its shapes' ceilings."""
+    prompts = _prompts(model, batch, prompt)
+    rows = []
+    for cache, attention in MODES:
+        if progress:
+            progress(f"generation {cache} ({attention} attention), batch {batch}")
+        timed_generation(model, prompts, cache, attention, answer, block, steps)  # warm-up
+        reps = []
+        for _ in range(repeats):
+            run = timed_generation(model, prompts, cache, attention, answer, block, steps)
+            reps.append(_summary(run, _ceilings(model, set(run["forwards"])), block))
+        rows += _rows(reps, cache, attention, batch)
+    return rows
+
+
+def _rows(reps: list[dict], cache: str, attention: str, batch: int) -> list[dict]:
+    med = lambda key: statistics.median(r[key] for r in reps)  # noqa: E731
+    frac = lambda num, den: statistics.median(r[num] / r[den] for r in reps if r[den] > 0)  # noqa: E731
+    base = {"cache": cache, "attention": attention, "batch": batch}
+    gen = {"name": f"generation {cache}", **base, "forwards": reps[0]["forwards"], "shapes": reps[0]["shapes"],
+           "ms": 1e3 * med("seconds"), "ceiling_ms": 1e3 * med("ceiling"), "fraction": frac("ceiling", "seconds")}
+    n = reps[0]["n_steps"]
+    if not n:
+        return [gen]
+    step = {"name": f"step {cache}", **base, "forwards": n, "ms": 1e3 * med("step") / n,
+            "forward_ms": 1e3 * med("step_forward") / n, "ceiling_ms": 1e3 * med("step_ceiling") / n,
+            "fraction": frac("step_ceiling", "step"), "forward_fraction": frac("step_ceiling", "step_forward")}
+    return [gen, step]
+
+
+def format_generation(rows: list[dict]) -> str:
+    lines = ["| run | batch | forwards | ms | forward ms | ceiling ms | ceiling / time | ceiling / forward |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        fwd = f"{r['forward_ms']:.2f}" if "forward_ms" in r else ""
+        ff = f"{r['forward_fraction']:.2f}" if "forward_fraction" in r else ""
+        lines.append(f"| {r['name']} | {r['batch']} | {r['forwards']} | {r['ms']:.2f} | {fwd} | "
+                     f"{r['ceiling_ms']:.2f} | {r['fraction']:.2f} | {ff} |")
+    return "\n".join(lines)
