@@ -392,11 +392,6 @@ def test_temperature_sampling_is_reproducible_with_a_generator(llada2_tiny):
     assert runs[0] == runs[1] and len(runs[0]) > 0 and 380 not in runs[0]
 
 
-def test_compiled_path_is_gpu_only():
-    with pytest.raises(ValueError, match="GPU path"):
-        BatchEngine(MockModel(confident(lambda p: 3, 0.9)), SamplingConfig(), compile=True)
-
-
 def test_progress_streams_the_committed_prefix_and_cancel_frees_the_row():
     model = MockModel(confident(lambda p: 3, 0.5))  # one token per step, most confident = leftmost
     engine = BatchEngine(model, SamplingConfig(max_new_tokens=8, block_length=4, policy=Threshold(0.9, 4)), max_batch=2)

@@ -112,6 +112,7 @@ class BatchEngine:
         self._ids = itertools.count()
         self.tokens = torch.full((max_batch, 0), self.pad_id, dtype=torch.long, device=model.device)
         self.cache = None if self.cfg.cache == "none" else KVCache.for_model(model, max_batch, 0)
+        self.compiled = compile
         self.forward = _compiled(model) if compile else model
         self.defaults = RowSettings.of(self.cfg)
         self.table = RowTable(max_batch, model.config.vocab_size, model.device)  # per-row settings
@@ -327,7 +328,8 @@ class BatchEngine:
         plan["n_queries"] = max(r[1] - r[0] for r in table)
         plan["width"] = max(r[2] for r in table)
         # no row padded: every row writes the contiguous slots [a - shift, e - shift) (cache.begin)
-        full = all(r[1] - r[0] == plan["n_queries"] for r in table)
+        # (compiled: always the scatter, so that one graph serves every step)
+        full = all(r[1] - r[0] == plan["n_queries"] for r in table) and not self.compiled
         plan["starts"] = [r[0] - r[8] for r in table] if full else None
         return plan
 
@@ -409,9 +411,10 @@ class BatchEngine:
             ok = key_ok & (k_pos[:, None, :] // bl <= q_pos[:, :, None] // bl)  # (n, Lq, W)
         else:
             ok = (key_ok & (k_pos < lengths[:, None])[:, None, :]).expand(-1, q_pos.shape[1], -1)
-        if bool(ok.all()):
+        if bool(ok.all()) and not self.compiled:
             # every query sees every key: full attention with no padding (the reference's own call),
             # or a block step over its cached prefix; SDPA gives the same bits without a mask
+            # (compiled: always a mask, so that one graph serves every step)
             return None
         pad = ~valid[:, :, None] & (torch.arange(k_pos.shape[1], device=k_pos.device) == 0)
         return (ok | pad)[:, None]  # padded queries see slot 0 (their output is dropped)
@@ -499,10 +502,17 @@ class BatchEngine:
 
 
 def _compiled(model):
-    """The GPU path: one compiled forward (dynamic shapes) for every step. CUDA only."""
-    if model.device.type != "cuda":
-        raise ValueError("compile=True is the GPU path (CUDA); on the CPU run eagerly")
-    return torch.compile(model, dynamic=True)
+    """One compiled forward (inductor, dynamic shapes) for every step: on a GPU the fast path, on
+    the CPU the same graph tested against eager (tests/test_engine_compile.py). The engine always
+    passes a mask and writes the cache by scatter when compiled, so the graph's structure never
+    changes; sizes are symbolic and not unified by value (no duck sizing), so a step whose queries
+    happen to equal its keys or its batch does not recompile."""
+    compiled = torch.compile(model, dynamic=True)
+
+    def forward(*args, **kwargs):
+        with torch.fx.experimental._config.patch(use_duck_shape=False):
+            return compiled(*args, **kwargs)
+    return forward
 
 
 def generate(model, prompts, config: SamplingConfig | None = None, max_batch: int = 8,
