@@ -77,3 +77,13 @@ def test_a_generation_records_the_shape_of_every_forward_it_ran():
     assert got == [(16, 16, False), (16, 16, False), (32, 32, True), (16, 32, False), (16, 32, False),
                    (16, 32, False), (32, 48, True), (16, 48, False), (16, 48, False), (16, 48, False)]
     assert len(exact["steps"]) == len(exact["forwards"]) and exact["seconds"] > 0
+
+
+def test_bench_shape_with_int8_times_int8_against_float_generations(tmp_path):
+    out = tmp_path / "shape.json"
+    assert main(["bench", "--shape", "llada-tiny", "--random-weights", "--repeats", "1", "--prompt-length", "8",
+                 "--gen-length", "32", "--block-length", "16", "--steps", "4", "--quantize", "int8",
+                 "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["int8"]
+    assert [r["name"] for r in rows] == ["int8 approx", "int8 exact"]
+    assert all(r["ms"] > 0 and r["float_ms"] > 0 and 0 <= r["token_match"] <= 1 for r in rows)

@@ -40,7 +40,8 @@ def register(sub) -> None:
     p.add_argument("--sprint", type=probability, default=None, metavar="KEEP",
                    help="add a SPRINT row keeping this fraction of the prompt's cache")
     p.add_argument("--quantize", choices=["int8"], default=None,
-                   help="add the fast row on weight-only int8 linears (CPU): tokens/s and exact-match change")
+                   help="add the fast row on weight-only int8 linears (CPU): tokens/s and exact-match change; "
+                        "with --shape: whole generations int8 against float")
     p.add_argument("--threads", type=nonnegative_int, default=1,
                    help="torch CPU threads (default 1: tiny models run fastest and steadiest on one; "
                         "0: torch's default)")
@@ -169,7 +170,7 @@ def _ints(text: str, flag: str) -> list[int]:
 def run_shape(args) -> int:
     import torch
 
-    from ..eval.generation import bench_generation, format_generation
+    from ..eval.generation import bench_generation, bench_int8, format_generation, format_int8
     from ..eval.shapes import bench_shapes, cost_growth, format_growth, format_kinds, random_model, set_clock
 
     if not args.random_weights:
@@ -203,6 +204,16 @@ def run_shape(args) -> int:
         print(f"\nwhole generations ({args.steps} steps per block, fixed steps, no EOS stop):")
         print(format_generation(gen))
         out["generation"] = gen
+        if args.quantize == "int8":
+            from ..nn.quantize import quantize_int8
+
+            int8 = quantize_int8(model)
+            q = [row for b in _ints(args.batch_sizes, "--batch-sizes")
+                 for row in bench_int8(model, int8, b, args.prompt_length, args.gen_length, args.block_length,
+                                       args.steps, max(1, args.repeats // 2), log)]
+            print("\nweight-only int8 against float, whole generations:")
+            print(format_int8(q))
+            out["int8"] = q
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
     return 0

@@ -73,23 +73,22 @@ def timed_generation(model, prompts, cache: str, attention: str, answer: int, bl
     shape and seconds of the forward it ran."""
     engine = _engine(model, cache, attention, len(prompts), answer, block, steps)
     log, handles = record_forwards(model)
-    step_log = []
+    step_log, done = [], {}
     try:
         _sync(model.device)
         start = now()
-        for p in prompts:
-            engine.add(Request(p))
+        ids = [engine.add(Request(p)) for p in prompts]
         while engine.busy:
             t = now()
             before = len(log)
-            engine.step()
+            done.update((r.id, r.tokens) for r in engine.step())
             _sync(model.device)
             step_log.append((now() - t, log[before:]))
         total = now() - start
     finally:
         for h in handles:
             h.remove()
-    return {"seconds": total, "steps": step_log, "forwards": [s for s, _ in log]}
+    return {"seconds": total, "steps": step_log, "forwards": [s for s, _ in log], "tokens": [done[i] for i in ids]}
 
 
 def _ceilings(model, shapes) -> dict[Shape, float]:
@@ -174,4 +173,37 @@ def format_generation(rows: list[dict]) -> str:
         ff = f"{r['forward_fraction']:.2f}" if "forward_fraction" in r else ""
         lines.append(f"| {r['name']} | {r['batch']} | {r['forwards']} | {r['ms']:.2f} | {fwd} | "
                      f"{r['ceiling_ms']:.2f} | {r['fraction']:.2f} | {ff} |")
+    return "\n".join(lines)
+
+
+def bench_int8(model, int8, batch: int = 1, prompt: int = 64, answer: int = 256, block: int = 32,
+               steps: int = 8, repeats: int = 3, progress=None) -> list[dict]:
+    """Rows `int8 approx|exact`: the whole generation on `int8` (nn/quantize.py) and on the float
+    `model`, alternating, -> ms of each, tokens/s and the fraction of generated tokens equal to the
+    float model's (random weights have no task to score: agreement is the exact-match change)."""
+    prompts = _prompts(model, batch, prompt)
+    rows = []
+    for cache, attention in MODES:
+        if progress:
+            progress(f"int8 against float, {cache} ({attention} attention), batch {batch}")
+        runs = {"float": [], "int8": []}
+        for _ in range(repeats + 1):  # the first round warms up
+            for name, m in (("float", model), ("int8", int8)):
+                runs[name].append(timed_generation(m, prompts, cache, attention, answer, block, steps))
+        ms = {k: 1e3 * statistics.median(r["seconds"] for r in v[1:]) for k, v in runs.items()}
+        pairs = [(a, b) for fa, qa in zip(runs["float"][0]["tokens"], runs["int8"][0]["tokens"]) for a, b in zip(fa, qa)]
+        tokens = batch * answer
+        rows.append({"name": f"int8 {cache}", "cache": cache, "attention": attention, "batch": batch,
+                     "ms": ms["int8"], "float_ms": ms["float"], "tokens_per_s": tokens / ms["int8"] * 1e3,
+                     "float_tokens_per_s": tokens / ms["float"] * 1e3, "speedup": ms["float"] / ms["int8"],
+                     "token_match": sum(a == b for a, b in pairs) / max(1, len(pairs))})
+    return rows
+
+
+def format_int8(rows: list[dict]) -> str:
+    lines = ["| run | batch | int8 ms | float ms | int8 tokens/s | float tokens/s | speedup | tokens equal to float |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        lines.append(f"| {r['name']} | {r['batch']} | {r['ms']:.1f} | {r['float_ms']:.1f} | {r['tokens_per_s']:.1f} | "
+                     f"{r['float_tokens_per_s']:.1f} | {r['speedup']:.2f}x | {r['token_match']:.3f} |")
     return "\n".join(lines)
