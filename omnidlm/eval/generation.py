@@ -7,8 +7,8 @@ user runs: a `BatchEngine` generation (mask building, the plan, cache writes, th
 whole vocabulary, commits, bookkeeping), policy "fixed steps" so the forwards are known in advance,
 no EOS stop. A forward hook records the shape of every forward (batch, queries, keys it attends
 over, head rows, whether a mask was passed); each distinct shape's ceiling (`shapes.ceiling_parts`:
-its matrix products and attention timed alone) is measured once per repeat, alternating with the
-generation, and multiplied by its count. Rows (docs/benchmarks.md, "Forwards at a real shape"):
+its matrix products and attention timed alone, the median of three rounds) is measured once per
+repeat, alternating with the generation, and multiplied by its count. Rows (docs/benchmarks.md, "Forwards at a real shape"):
 
 - `generation approx` / `generation exact`: wall-clock ms of the whole generation, the summed
   ceiling, ceiling / time;
@@ -91,22 +91,24 @@ def timed_generation(model, prompts, cache: str, attention: str, answer: int, bl
     return {"seconds": total, "steps": step_log, "forwards": [s for s, _ in log], "tokens": [done[i] for i in ids]}
 
 
-def _ceilings(model, shapes) -> dict[Shape, float]:
-    """Seconds of each shape's ceiling (one repeat): every part called once to warm it, then each
-    timed once in turn, as `shapes.alternate` does (no part finds its weights left hot by itself)."""
+def _ceilings(model, shapes, rounds: int = 3) -> dict[Shape, float]:
+    """Seconds of each shape's ceiling (one repeat): every part called once to warm it, then
+    `rounds` rounds timing each part in turn, as `shapes.alternate` does (no part finds its weights
+    left hot by itself); the median of each part's rounds, times its count."""
     out = {}
     for s in shapes:
         parts = ceiling_parts(model, s)
         for _, _, fn in parts:
             fn()
-        total = 0.0
-        for count, _, fn in parts:
-            _sync(model.device)
-            t = now()
-            fn()
-            _sync(model.device)
-            total += count * (now() - t)
-        out[s] = total
+        times = [[] for _ in parts]
+        for _ in range(rounds):
+            for (_, _, fn), t in zip(parts, times):
+                _sync(model.device)
+                start = now()
+                fn()
+                _sync(model.device)
+                t.append(now() - start)
+        out[s] = sum(count * statistics.median(t) for (count, _, _), t in zip(parts, times))
     return out
 
 
