@@ -78,3 +78,15 @@ def test_draw_and_edit_give_judged_digits(served):
     source = io.BytesIO(base64.b64decode(drawn.data[0].b64_json))
     edited = client.images.edit(model="uni-digits", image=("four.png", source, "image/png"), prompt="Change the digit to 7.")
     assert decode(edited.data[0].b64_json).shape == images.shape[1:]
+
+
+def test_the_server_draws_what_the_draw_command_draws(served):
+    """One drawing sampler per system, with one set of defaults: the server's image is the one
+    `omnidlm draw` writes for the same prompt and seed (System.draw)."""
+    from omnidlm.systems.tasks import Drawing
+
+    _, _, client = served
+    loaded = systems.open(MODEL)
+    drawn = client.images.generate(model="uni-digits", prompt="a handwritten digit 6", n=1, extra_body={"seed": 3})
+    command = loaded.system.draw(loaded, Drawing("a handwritten digit 6", n=1, seed=3, progress=False)).images
+    assert drawn.data[0].b64_json == encode_png(command[0])

@@ -38,7 +38,7 @@ OPTIONS = {
     "full_ode": (("--full-ode",), dict(action="store_true", default=None,
                  help="the teacher decoder's full ODE with CFG")),
     "cfg": (("--cfg-scale", "--cfg"), dict(type=finite_float, default=None,
-            help="text CFG scale (<= 1: off; default: the system's, 4)")),
+            help="text CFG scale (<= 1: off; default: the system's: LLaDA-o 4, Uni 3)")),
     "img_cfg": (("--img-cfg", "--cfg-img-scale"), dict(type=finite_float, default=None,
                 help="image CFG scale when editing (acts only with text CFG, as published; default 1: off)")),
     "prompt_ids": (("--prompt-ids",), dict(default=None, help="comma-separated prompt token ids (instead of a prompt)")),

@@ -16,7 +16,8 @@
 - LLaDA-o: the image question is the request's prefix (ViT features, its segment mask), prefilled
   once; the answer decodes on the engine like every other system's. The prefix is `Deferred`: the
   scheduler embeds the questions it takes at once with one ViT forward (sampling/prefix.py).
-Drawing and editing are whole-call jobs for every system that draws.
+Drawing and editing are whole-call jobs for every system that draws, through the system's own
+sampler (`System.draw`, what `omnidlm draw` runs).
 """
 
 from __future__ import annotations
@@ -49,8 +50,8 @@ class TextBackend:
     default_max_tokens: int | None = None  # None: all the room the model has left
     image_mode = "L"  # how images of requests are read (PIL mode)
 
-    def __init__(self, model, tokenizer):
-        self.model, self.tokenizer = model, tokenizer
+    def __init__(self, model, tokenizer, system=None):
+        self.model, self.tokenizer, self.system = model, tokenizer, system
         self.engine_model = model
         self.capabilities: tuple[str, ...] = ("text",)
 
@@ -77,14 +78,29 @@ class TextBackend:
         """The side in pixels of the images the model draws (None: it does not draw)."""
         return None
 
+    def draw(self, prompt: str, n: int, seed: int, steps: int | None, cfg: float | None, image=None) -> np.ndarray:
+        """Images by the system's own drawing sampler (what `omnidlm draw` runs, with its defaults);
+        an edit of `image` ((H, W) in [0, 1]) when given."""
+        from types import MappingProxyType
+
+        from ..systems import Loaded
+        from ..systems.tasks import Drawing
+
+        options = MappingProxyType({k: v for k, v in (("steps", steps), ("cfg", cfg)) if v is not None})
+        drawing = Drawing(prompt, image, n, seed, options, progress=False)
+        return self.system.draw(Loaded(self.system, self.model, self.tokenizer), drawing).images
+
+    def edit(self, image: np.ndarray, prompt: str, n: int, seed: int) -> np.ndarray:
+        return self.draw(prompt, n, seed, None, None, image=image)
+
 
 class UniBackend(TextBackend):
     """LLaDA2.0-Uni: one sequence of text ids and image codes, answered by the backbone."""
 
     default_threshold = 0.95  # the published LLaDA2.0 rule (sampling/uni.py)
 
-    def __init__(self, model, tokenizer):
-        super().__init__(model, tokenizer)
+    def __init__(self, model, tokenizer, system=None):
+        super().__init__(model, tokenizer, system)
         from ..sampling.uni import codec_of
 
         self.engine_model, self.codec = model.backbone, codec_of(model, tokenizer)
@@ -120,16 +136,6 @@ class UniBackend(TextBackend):
     def draw_size(self) -> int | None:
         return self.model.decoder.image_size if self.model.decoder is not None else None
 
-    def draw(self, prompt: str, n: int, seed: int, steps: int | None, cfg: float | None):
-        from ..sampling.image import draw_uni
-
-        return draw_uni(self.model, self.tokenizer, [prompt], n=n, seed=seed, cfg=3.0 if cfg is None else cfg,
-                        decoder_steps=steps)
-
-    def edit(self, image: np.ndarray, prompt: str, n: int, seed: int):
-        from ..sampling.image import edit_uni
-
-        return edit_uni(self.model, self.tokenizer, image, prompt, n=n, seed=seed)
 
 
 class LLaDAOBackend(TextBackend):
@@ -141,8 +147,8 @@ class LLaDAOBackend(TextBackend):
     default_threshold = 0.95
     default_max_tokens = 128  # 4 blocks of 32: the digits models' answers
 
-    def __init__(self, model, tokenizer):
-        super().__init__(model, tokenizer)
+    def __init__(self, model, tokenizer, system=None):
+        super().__init__(model, tokenizer, system)
         from ..data.omni_batches import PromptCodec
         from ..sampling.omni import prefixes_of, understanding_config
 
@@ -174,15 +180,6 @@ class LLaDAOBackend(TextBackend):
 
         return model_image_size(self.model)
 
-    def draw(self, prompt: str, n: int, seed: int, steps: int | None, cfg: float | None, image=None):
-        from ..sampling.image import FlowSettings, draw_lladao
-
-        settings = FlowSettings.euler(steps or 30, cfg_text_scale=4.0 if cfg is None else cfg)
-        return draw_lladao(self.model, self.tokenizer, [prompt], n=n, seed=seed, settings=settings, image=image)
-
-    def edit(self, image: np.ndarray, prompt: str, n: int, seed: int):
-        return self.draw(prompt, n, seed, None, None, image=image)
-
 
 class LLaDAVBackend(TextBackend):
     """LLaDA-V: its prompt with one -200 per image, embedded (anyres features) into the prefix."""
@@ -190,8 +187,8 @@ class LLaDAVBackend(TextBackend):
     default_threshold = None  # the published sampler: fixed steps
     image_mode = "RGB"
 
-    def __init__(self, model, tokenizer):
-        super().__init__(model, tokenizer)
+    def __init__(self, model, tokenizer, system=None):
+        super().__init__(model, tokenizer, system)
         from ..sampling import llada_v
 
         self.V, self.engine_model = llada_v, model.language_model
@@ -214,16 +211,15 @@ class LLaDAVBackend(TextBackend):
         return self.V.answer_text(self.tokenizer, tokens)
 
 
+BACKENDS = {"uni": UniBackend, "lladao": LLaDAOBackend, "llada-v": LLaDAVBackend}  # the text systems: TextBackend
+
+
 def backend_for(model, tokenizer) -> TextBackend:
-    """The backend of the model object's system."""
-    kind = type(model).__name__
-    if kind == "LLaDA2Uni":
-        return UniBackend(model, tokenizer)
-    if kind == "LLaDAO" and not model.can_draw and model.config.projector == "mlp2x_gelu":
-        return LLaDAVBackend(model, tokenizer)
-    if kind == "LLaDAO":
-        return LLaDAOBackend(model, tokenizer)
-    return TextBackend(model, tokenizer)
+    """The backend of the model object's system (the registry says which, `systems.system_of`)."""
+    from .. import systems
+
+    system = systems.system_of(model)
+    return BACKENDS.get(system.name, TextBackend)(model, tokenizer, system)
 
 
 def open_model(path: str, device: str = "cpu"):

@@ -89,10 +89,10 @@ def draw(loaded, d: Drawing) -> Drawn:
         if any(o.get(k) is not None for k in ("init_noise", "height", "width")):
             raise ValueError("--init-noise, --height and --width go with --prompt-ids")
         images, z = I.draw_lladao(model, loaded.tokenizer, [d.prompt], n=d.n, seed=d.seed, settings=settings,
-                                  image=image_as(d.image, "L"), progress=True, return_latents=True)
+                                  image=image_as(d.image, "L"), progress=d.progress, return_latents=True)
         return Drawn(images, z)
     if d.image is not None or d.n != 1:
         raise ValueError("--prompt-ids draws one image from token ids: no --image, -n 1")
     z = I.draw_lladao_ids(model, o["prompt_ids"], o.get("height"), o.get("width"), settings, o.get("init_noise"),
-                          d.seed, image_marker_ids(loaded.directory), progress=True)[None]
+                          d.seed, image_marker_ids(loaded.directory), progress=d.progress)[None]
     return Drawn(I.to_uint8(decode_latents(model.vae, z)), z)  # (1, H, W, 3), as the published decode_image

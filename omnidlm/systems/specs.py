@@ -171,7 +171,7 @@ SYSTEMS: dict[str, System] = {s.name: s for s in [
     System("uni", "LLaDA2.0-Uni", frozenset({"text", "see", "draw", "edit", "interleave"}),
            "config.json with 'image_token_offset' + model.safetensors + image_tokenizer/ [+ decoder/]",
            _is_uni, _load_uni, _save_uni, _uni_model, ("digits-uni", "digits-uni-tiny"),
-           _settings(block_length=32, threshold=0.95, cache="exact", decoder="distilled", cfg=4.0),
+           _settings(block_length=32, threshold=0.95, cache="exact", decoder="distilled", cfg=3.0),  # cfg: the scale its drawings are measured at (eval/uni_digits.py)
            answer=uni.answer, answers_without_image=True, draw=uni.draw, draw_options=uni.DRAW_OPTIONS,
            shipped="uni-digits"),
     System("llada-v", "LLaDA-V", frozenset({"text", "see"}),

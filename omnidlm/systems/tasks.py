@@ -41,6 +41,7 @@ class Drawing:
     n: int = 1
     seed: int = 0
     options: Mapping = field(default_factory=lambda: MappingProxyType({}))
+    progress: bool = True  # a progress bar on stderr (the command); the server draws without one
 
 
 @dataclass(frozen=True)
@@ -51,8 +52,9 @@ class Drawn:
 
 def image_as(image, mode: str | None):
     """A PIL image -> (H, W) grayscale float32 in [0, 1] (mode "L"), the PIL image converted to
-    another `mode` ("RGB"), or unchanged (None)."""
-    if image is None or mode is None:
+    another `mode` ("RGB"), or unchanged (None). An array is taken as already read in the mode
+    asked (the server reads uploads before they reach a system)."""
+    if image is None or mode is None or isinstance(image, np.ndarray):
         return image
     if mode == "L":
         return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
