@@ -1,5 +1,7 @@
 """Server benchmark: requests/s and tokens/s at several client concurrencies, all against one
-server started on loopback in this process (`omnidlm bench --serve`).
+server started on loopback in this process (`omnidlm bench --serve`). The clients run in a process
+of their own, as a server's clients do: in the server's process they would take turns with its
+event loop and engine on one interpreter lock, more so the more clients there are.
 
 Every level sends the same held-out requests: synthetic text prompts for text systems, questions
 about held-out digit images ("What digit is shown?") for systems that see. A row counts completion
@@ -9,6 +11,7 @@ tokens as the server reports them (EOS excluded) and the exact-match accuracy of
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import time
 
 import httpx
@@ -36,6 +39,11 @@ async def _load(url: str, examples, concurrency: int, max_tokens: int | None) ->
             "requests_per_s": len(examples) / seconds, "tokens_per_s": tokens / seconds, "seconds": seconds}
 
 
+def _run_level(url: str, examples, concurrency: int, max_tokens: int | None) -> dict:
+    """One level, in the clients' process."""
+    return asyncio.run(_load(url, examples, concurrency, max_tokens))
+
+
 def bench_serve(model, tokenizer, levels=(1, 4, 8, 16, 32), requests_per_level: int = 32, max_tokens: int = 96) -> list[dict]:
     """Start a server on a free loopback port, load it at each concurrency level, stop it."""
     from ..serve.app import create_app
@@ -48,8 +56,9 @@ def bench_serve(model, tokenizer, levels=(1, 4, 8, 16, 32), requests_per_level: 
         examples = image_questions(requests_per_level) if sees else heldout(requests_per_level)
         if sees:
             max_tokens = None  # the system's own answer length
-        asyncio.run(_load(url, examples[:2], 1, max_tokens))  # warm-up
-        return [asyncio.run(_load(url, examples, c, max_tokens)) for c in levels]
+        with multiprocessing.get_context("spawn").Pool(1) as clients:
+            clients.apply(_run_level, (url, examples[:2], 1, max_tokens))  # warm-up
+            return [clients.apply(_run_level, (url, examples, c, max_tokens)) for c in levels]
     finally:
         server.should_exit = True
 
