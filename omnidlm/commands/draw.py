@@ -22,11 +22,11 @@ its format (for -n > 1 the index is added to its name). Images are upscaled with
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
+from ..formats.io import atomic_file
 from .ask import DEFAULT_MODEL, MAX_PIXELS, parse_ids, read_image
 from .args import finite_float, int_in, positive_float, positive_int, probability, seed
 
@@ -83,7 +83,6 @@ def add_image_options(p, out: str) -> None:
     p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--scale", type=int_in(1, 64), default=4, help="upscale factor of the written images")
     p.add_argument("--max-pixels", type=positive_int, default=MAX_PIXELS)
-    drawing = [s for s in takers("steps")[:0]]  # noqa: F841
     groups = {}  # the options every drawing system takes on the parser itself; the others grouped by who takes them
     every = {s.name for s in _drawing_systems()}
     for dest, (flags, kw) in OPTIONS.items():
@@ -126,18 +125,6 @@ def output_paths(out: str, n: int, seed: int) -> list[Path]:
     return [path.with_name(f"{path.stem}_{i}{path.suffix}") for i in range(n)]
 
 
-def _atomic(path: Path, write) -> None:
-    """Write through a temporary file in the same directory, then rename: nothing half-written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = str(path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}"))
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def save_png(image: np.ndarray, path: Path, scale: int = 1) -> None:
     """(H, W) grayscale in [0, 1] or (H, W, 3) uint8 -> the file `path` (PNG, or the format its
     suffix names), upscaled `scale` times (nearest)."""
@@ -150,7 +137,7 @@ def save_png(image: np.ndarray, path: Path, scale: int = 1) -> None:
     if scale > 1:
         pil = pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST)
     fmt = Image.registered_extensions().get(Path(path).suffix.lower(), "PNG")
-    _atomic(Path(path), lambda tmp: pil.save(tmp, format=fmt))
+    atomic_file(path, lambda tmp: pil.save(tmp, format=fmt))
 
 
 # --- LLaDA-o --------------------------------------------------------------------------------------------
@@ -176,7 +163,7 @@ def save_latent(z, path: str) -> None:
         with open(tmp, "wb") as f:
             np.save(f, array)
 
-    _atomic(Path(path), write)
+    atomic_file(path, write)
     print(path)
 
 

@@ -9,8 +9,9 @@ rename), so a killed run leaves no half-written picture.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from ..formats.io import atomic_file
 
 
 def _figure(width: float, height: float):
@@ -24,11 +25,10 @@ def _figure(width: float, height: float):
 
 def _save(plt, fig, path: str | Path) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        atomic_file(path, lambda tmp: fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", bbox_inches="tight"))
+    finally:
+        plt.close(fig)
 
 
 def tradeoff_png(rows: list[dict], key: str, path: str | Path, title: str | None = None) -> None:

@@ -137,6 +137,20 @@ def write_weights(directory: Path, tensors: dict[str, torch.Tensor], max_shard_b
     (directory / f"{stem}.safetensors.index.json").write_text(json.dumps(index, indent=2))
 
 
+def atomic_file(path: str | Path, write) -> None:
+    """`write(tmp)` a temporary file beside `path` (same suffix), then rename it into place: a crash
+    never leaves a half-written `path`, and the temporary file never stays."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = str(path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}"))
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
