@@ -29,7 +29,7 @@ import torch
 
 from ..sampling.engine import BatchEngine, Request, SamplingConfig
 from ..sampling.policies import FixedSteps
-from .shapes import Shape, _sync, ceiling_parts, now
+from .shapes import Shape, _sync, alternate, ceiling_parts, now
 
 MODES = (("approx", "full"), ("exact", "block"))  # (cache, attention)
 
@@ -92,23 +92,13 @@ def timed_generation(model, prompts, cache: str, attention: str, answer: int, bl
 
 
 def _ceilings(model, shapes, rounds: int = 3) -> dict[Shape, float]:
-    """Seconds of each shape's ceiling (one repeat): every part called once to warm it, then
-    `rounds` rounds timing each part in turn, as `shapes.alternate` does (no part finds its weights
-    left hot by itself); the median of each part's rounds, times its count."""
+    """Seconds of each shape's ceiling (one repeat): its parts timed in turn (`shapes.alternate`:
+    no part finds its weights left hot by itself), the median of `rounds`, times each part's count."""
     out = {}
     for s in shapes:
         parts = ceiling_parts(model, s)
-        for _, _, fn in parts:
-            fn()
-        times = [[] for _ in parts]
-        for _ in range(rounds):
-            for (_, _, fn), t in zip(parts, times):
-                _sync(model.device)
-                start = now()
-                fn()
-                _sync(model.device)
-                t.append(now() - start)
-        out[s] = sum(count * statistics.median(t) for (count, _, _), t in zip(parts, times))
+        times = alternate({i: fn for i, (_, _, fn) in enumerate(parts)}, model.device, rounds)
+        out[s] = sum(count * times[i] for i, (count, _, _) in enumerate(parts))
     return out
 
 
