@@ -294,15 +294,10 @@ class BatchEngine:
         ends = [row.block for row in rows]  # their prompt blocks [0, block) (none for a row whose block is 0)
         q_pos = torch.arange(max(ends), device=dev).expand(len(rows), -1)
         valid = q_pos < torch.tensor(ends, device=dev)[:, None]
-        q_pos = torch.where(valid, q_pos, 0)
-        shift = torch.tensor([row.shift for row in rows], device=dev)[:, None]
-        rope = torch.tensor([row.rope for row in rows], device=dev)[:, None]
-        slots = torch.where(valid, q_pos - shift, self.cache.trash)
-        width = max(e - row.shift for e, row in zip(ends, rows))
-        k_pos = self.cache.begin(slots, q_pos, width, first_row=first)
-        tokens = torch.where(valid, self.tokens[first : first + len(rows), : q_pos.shape[1]], self.pad_id)
-        self.forward(tokens, attention_mask=self._mask(q_pos, valid, k_pos, None), position_ids=q_pos + rope,
-                     kv_cache=self.cache, logits_at=slots.new_zeros(len(rows), 0))
+        plan = {"shift": torch.tensor([row.shift for row in rows], device=dev), "starts": None, "length": None,
+                "rope": torch.tensor([row.rope for row in rows], device=dev),
+                "width": max(e - row.shift for e, row in zip(ends, rows))}
+        self._forward(torch.where(valid, q_pos, 0), valid, plan, logits_at=q_pos.new_zeros(len(rows), 0), first=first)
         for row, end in zip(rows, ends):
             row.cached = end
 
@@ -363,17 +358,17 @@ class BatchEngine:
                 row.cached = row.block
         return new, positions, plan
 
-    def _forward(self, q_pos: torch.Tensor, valid: torch.Tensor, plan, logits_at=None) -> torch.Tensor:
-        """Queries at q_pos (n, Lq) attend to keys of positions < plan["seen"] -> logits (n, Lq, V),
-        or (n, K, V) at the query indices `logits_at` (n, K)."""
+    def _forward(self, q_pos: torch.Tensor, valid: torch.Tensor, plan, logits_at=None, first: int = 0) -> torch.Tensor:
+        """Queries at q_pos (n, Lq) of rows [first, first + n) attend to keys of positions <
+        plan["seen"] -> logits (n, Lq, V), or (n, K, V) at the query indices `logits_at` (n, K)."""
         n = q_pos.shape[0]
-        tokens = torch.where(valid, self.tokens[:n].gather(1, q_pos), self.pad_id)  # (n, Lq)
+        tokens = torch.where(valid, self.tokens[first : first + n].gather(1, q_pos), self.pad_id)  # (n, Lq)
         if self.cache is None:
             k_pos = torch.where(valid, q_pos, -1)
             kv = None
         else:
             slots = torch.where(valid, q_pos - plan["shift"][:, None], self.cache.trash)
-            k_pos = self.cache.begin(slots, q_pos, plan["width"], starts=plan["starts"])  # (n, W)
+            k_pos = self.cache.begin(slots, q_pos, plan["width"], first_row=first, starts=plan["starts"])  # (n, W)
             kv = self.cache
         rope = q_pos + plan["rope"][:, None]  # RoPE positions: after a prefix they continue from it
         if kv is None and any(row.prefix is not None for row in self.rows):
