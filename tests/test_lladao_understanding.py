@@ -69,21 +69,27 @@ def test_the_published_chat_runs_give_the_recorded_ids(model, ref, run, knobs):
     assert ids == recorded
 
 
+def first_step_outputs(model, px, policy: str, cache: str) -> list:
+    """The outputs of every forward of the engine's first step on the published question about `px`."""
+    from omnidlm.sampling.engine import BatchEngine, Request
+    from omnidlm.sampling.omni import published_config, published_question
+
+    cfg = published_config(model, gen_length=8, block_length=4, steps=8, policy=policy, cache=cache)
+    engine = BatchEngine(model.language_model, cfg, max_batch=1)
+    seen, forward = [], engine.forward
+    engine.forward = lambda *a, **kw: seen.append(forward(*a, **kw)) or seen[-1]
+    engine.add(Request([500], prefix=published_question(model, QUESTION, px, markers())))
+    engine.step()
+    return seen
+
+
 @torch.no_grad()
 def test_the_uncached_chat_layout_is_one_full_split(model, ref):
     """The engine's first step under cache "none" gives the logits of ONE forward over
     [image | bos question eos | bos masks] where every token sees every token, with the image at
     position 0 and the rest after it."""
-    from omnidlm.sampling.engine import BatchEngine, Request
-    from omnidlm.sampling.omni import published_config, published_question
-
     px, (start, end) = pixels(ref["understanding_train"]), markers()
-    cfg = published_config(model, gen_length=8, block_length=4, steps=8, policy="fixed", cache="none")
-    engine = BatchEngine(model.language_model, cfg, max_batch=1)
-    seen, forward = [], engine.forward
-    engine.forward = lambda *a, **kw: seen.append(forward(*a, **kw)) or seen[-1]
-    engine.add(Request([500], prefix=published_question(model, QUESTION, px, (start, end))))
-    engine.step()
+    seen = first_step_outputs(model, px, policy="fixed", cache="none")
     segs = [vit_image(12), text(6, "full"), text(8, "full")]
     ids = [start] + [0] * 12 + [end, 500, *QUESTION, 501, 500] + [511] * 7
     lay = single(segs)
@@ -99,16 +105,8 @@ def test_the_cached_chat_block_layout_is_split_by_split(model, ref):
     """The engine's first block step with the prefix in the KVCache gives the logits of one forward
     over [image | bos question eos | bos masks] with three splits (a split sees the earlier splits
     and itself fully), what chat_block's cache updates and block step compute."""
-    from omnidlm.sampling.engine import BatchEngine, Request
-    from omnidlm.sampling.omni import published_config, published_question
-
     px, (start, end) = pixels(ref["understanding_train"]), markers()
-    cfg = published_config(model, gen_length=8, block_length=4, steps=8, policy="threshold", cache="exact")
-    engine = BatchEngine(model.language_model, cfg, max_batch=1)
-    seen, forward = [], engine.forward
-    engine.forward = lambda *a, **kw: seen.append(forward(*a, **kw)) or seen[-1]
-    engine.add(Request([500], prefix=published_question(model, QUESTION, px, (start, end))))
-    engine.step()
+    seen = first_step_outputs(model, px, policy="threshold", cache="exact")
     assert len(seen) == 2  # the prefill, then the first block against the cache
     ids = [start] + [0] * 12 + [end, 500, *QUESTION, 501, 500] + [511] * 3
     full = model(torch.tensor([ids]), single([vit_image(12), text(6, "full"), text(4, "full")]), vit_images=[px])
