@@ -46,14 +46,19 @@ class Prompt:
 class TextBackend:
     """A text system: chat through the tokenizer's template, no images."""
 
-    default_threshold: float | None = 0.9  # None: fixed steps per block
     default_max_tokens: int | None = None  # None: all the room the model has left
     image_mode = "L"  # how images of requests are read (PIL mode)
 
-    def __init__(self, model, tokenizer, system=None):
+    def __init__(self, model, tokenizer, system):
         self.model, self.tokenizer, self.system = model, tokenizer, system
         self.engine_model = model
         self.capabilities: tuple[str, ...] = ("text",)
+
+    @property
+    def default_threshold(self) -> float | None:
+        """The threshold of a request that gives none: the system's (its spec's `sampling`,
+        `System.threshold`); None: fixed steps per block."""
+        return self.system.threshold()
 
     @property
     def config(self):
@@ -97,9 +102,7 @@ class TextBackend:
 class UniBackend(TextBackend):
     """LLaDA2.0-Uni: one sequence of text ids and image codes, answered by the backbone."""
 
-    default_threshold = 0.95  # the published LLaDA2.0 rule (sampling/uni.py)
-
-    def __init__(self, model, tokenizer, system=None):
+    def __init__(self, model, tokenizer, system):
         super().__init__(model, tokenizer, system)
         from ..sampling.uni import codec_of
 
@@ -144,10 +147,9 @@ class LLaDAOBackend(TextBackend):
     image questions batch with each other. The prefix is deferred: its ViT features are computed
     by the scheduler for all the questions it takes at once (`prefixes`, one batched forward)."""
 
-    default_threshold = 0.95
     default_max_tokens = 128  # 4 blocks of 32: the digits models' answers
 
-    def __init__(self, model, tokenizer, system=None):
+    def __init__(self, model, tokenizer, system):
         super().__init__(model, tokenizer, system)
         from ..data.omni_batches import PromptCodec
         from ..sampling.omni import prefixes_of, understanding_config
@@ -184,10 +186,9 @@ class LLaDAOBackend(TextBackend):
 class LLaDAVBackend(TextBackend):
     """LLaDA-V: its prompt with one -200 per image, embedded (anyres features) into the prefix."""
 
-    default_threshold = None  # the published sampler: fixed steps
     image_mode = "RGB"
 
-    def __init__(self, model, tokenizer, system=None):
+    def __init__(self, model, tokenizer, system):
         super().__init__(model, tokenizer, system)
         from ..sampling import llada_v
 

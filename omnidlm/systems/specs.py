@@ -57,6 +57,13 @@ class System:
             can = ", ".join(c for c in sorted(CAPABILITIES) if c in self.capabilities)
             raise ValueError(f"{what} is a {self.title} model: it cannot {capability} (it can: {can})")
 
+    def threshold(self) -> float | None:
+        """The confidence threshold its answers decode with when a request gives none (the server's and
+        `omnidlm chat`'s default, from `sampling`); None: fixed steps per block (policy "fixed")."""
+        if self.sampling.get("policy", "threshold") != "threshold":
+            return None
+        return self.sampling["threshold"]
+
 
 def _config(directory: Path) -> dict | None:
     """config.json when there is one (an unparsable one is an error naming it)."""
@@ -159,8 +166,10 @@ def _settings(**kw) -> Mapping:
 
 
 # default sampling settings: what a system's answerer and drawing sampler use when a knob is not
-# given (lladao.py, uni.py, llada_v.py: `omnidlm ask`, `draw`, `edit`). The text systems' are not read
-# by a command yet: `omnidlm generate` picks its sampler by the model's attention layout.
+# given (lladao.py, uni.py, llada_v.py: `omnidlm ask`, `draw`, `edit`), and the threshold the server and
+# `omnidlm chat` decode with (`System.threshold`). The text systems' hold only that threshold:
+# `omnidlm generate` runs the published samplers with their own defaults (its flags), picked by the
+# model's attention layout.
 SYSTEMS: dict[str, System] = {s.name: s for s in [
     System("lladao", "LLaDA-o", frozenset({"text", "see", "draw", "edit"}),
            "llm_config.json + ema.safetensors (or its index) [+ vit_config.json, ae.safetensors, ae_params.json]",
@@ -171,7 +180,7 @@ SYSTEMS: dict[str, System] = {s.name: s for s in [
     System("uni", "LLaDA2.0-Uni", frozenset({"text", "see", "draw", "edit", "interleave"}),
            "config.json with 'image_token_offset' + model.safetensors + image_tokenizer/ [+ decoder/]",
            _is_uni, _load_uni, _save_uni, _uni_model, ("digits-uni", "digits-uni-tiny"),
-           _settings(block_length=32, threshold=0.95, cache="exact", decoder="distilled", cfg=3.0),  # cfg: the scale its drawings are measured at (eval/uni_digits.py)
+           _settings(block_length=32, policy="threshold", threshold=0.95, cache="exact", decoder="distilled", cfg=3.0),  # cfg: the scale its drawings are measured at (eval/uni_digits.py)
            answer=uni.answer, answers_without_image=True, draw=uni.draw, draw_options=uni.DRAW_OPTIONS,
            shipped="uni-digits"),
     System("llada-v", "LLaDA-V", frozenset({"text", "see"}),
@@ -182,11 +191,11 @@ SYSTEMS: dict[str, System] = {s.name: s for s in [
     System("llada2", "LLaDA2.0", frozenset({"text"}),
            "config.json (model_type llada2_moe, or omnidlm with n_experts) + model.safetensors (or its index)",
            _is_moe_text, formats.load, _save_text("llada2"), lambda m: _backbone(m, moe=True), (),
-           _settings(block_length=32, policy="threshold", threshold=0.95, stop_at_eos=True)),
+           _settings(policy="threshold", threshold=0.95)),  # the published LLaDA2.0 rule
     System("llada", "LLaDA", frozenset({"text"}),
            "config.json (omnidlm, LLaDA's OLMo fields or Llama fields) + model.safetensors (or its index)",
            _is_dense_text, formats.load, _save_text("omnidlm"), lambda m: _backbone(m, moe=False),
            ("synthetic-text", "synthetic-tiny", "chat-sft", "chat-lora"),
-           _settings(gen_length=128, policy="fixed", cache="none", temperature=0.0, remasking="low_confidence"),
+           _settings(policy="threshold", threshold=0.9),  # what text-tiny is served and measured at (docs/benchmarks.md)
            shipped="text-tiny"),
 ]}

@@ -36,7 +36,7 @@ def sampling_config(q: Question, block_size: int, defaults):
     cfg = published(q.gen_length or 128, threshold, temperature=q.temperature)
     cfg = dataclasses.replace(cfg, block_length=q.block_length or block_size, cache=q.cache or cfg.cache)
     per_block = steps_per_block(q.steps, cfg.max_new_tokens, cfg.block_length) if q.steps else cfg.policy.steps
-    return dataclasses.replace(cfg, policy=make_policy(q.policy or "threshold", per_block, threshold))
+    return dataclasses.replace(cfg, policy=make_policy(q.policy or defaults["policy"], per_block, threshold))
 
 
 def draw(loaded, d: Drawing) -> Drawn:
