@@ -113,3 +113,16 @@ def test_convert_keeps_the_attention_layout_and_the_tokens(tmp_path, capsys):
     before, after = _generate(capsys, src), _generate(capsys, tmp_path / "o")
     assert after["sampler"] == before["sampler"] == "llada2"
     assert after["output_ids"] == before["output_ids"]
+
+
+def test_uni_drawing_guidance_is_one_constant():
+    """Uni's CFG default is the spec's everywhere it has a default: the samplers, the drawing eval."""
+    import inspect
+
+    from omnidlm.eval import uni_digits
+    from omnidlm.sampling import image
+
+    scale = systems.SYSTEMS["uni"].sampling["cfg"]
+    for fn in (image.sample_codes, image.draw_uni, image.edit_uni, uni_digits.drawing_accuracy):
+        assert inspect.signature(fn).parameters["cfg"].default == scale, fn.__name__
+    assert scale == 3.0  # the scale its drawings are measured at ("CFG 3", models/uni-digits/README.md)

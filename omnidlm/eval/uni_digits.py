@@ -23,6 +23,7 @@ from ..data.digits import QUESTION, caption, digit_images, question_answer
 from ..data.uni_batches import DETAIL, detailed_answer, edit_instruction, interleaved_request, thinking_request
 from ..sampling import uni as U
 from ..sampling.image import draw_uni, edit_uni
+from ..systems.uni import CFG
 from .judge import DigitJudge
 from .omni_digits import heldout_subset
 
@@ -49,7 +50,7 @@ def question_accuracy(model, tokenizer, limit: int | None = None, seed: int = 0,
 
 
 def drawing_accuracy(model, tokenizer, per_digit: int = 3, seed: int = 0, distilled: bool = True,
-                     decoder_steps: int | None = None, cfg: float = 3.0) -> dict:
+                     decoder_steps: int | None = None, cfg: float = CFG) -> dict:
     start = time.time()
     images = draw_uni(model, tokenizer, [caption(d) for d in range(10)], n=per_digit, seed=seed, cfg=cfg,
                     distilled=distilled, decoder_steps=decoder_steps)

@@ -39,6 +39,7 @@ from ..diffusion import flow
 from ..models.latents import decode_latents, encode_latents, patchify, unpatchify, vae_downsample
 from ..sequence.masks import block_causal_mask
 from ..sequence.segments import text, vae_image
+from ..systems.uni import CFG as UNI_CFG
 from .engine import BatchEngine, Request
 from .policies import Threshold
 from .omni import model_image_size, prepare_image
@@ -230,7 +231,7 @@ def _canvas(prefix: list[int], header: list[int], n_codes: int, rows: int, mask_
 
 
 @torch.no_grad()
-def sample_codes(model, prompt: list[int], uncond: list[int], n: int, grid: tuple[int, int], cfg: float = 3.0,
+def sample_codes(model, prompt: list[int], uncond: list[int], n: int, grid: tuple[int, int], cfg: float = UNI_CFG,
                  temperature: float = 1.0, steps: int | None = None, threshold: float = 0.95,
                  generator: torch.Generator | None = None) -> torch.Tensor:
     """n code grids (n, h, w) for one prompt, by block diffusion with classifier-free guidance."""
@@ -307,7 +308,7 @@ def _check_can_draw(model) -> None:
         raise ValueError("this model has no image decoder: it cannot draw")
 
 
-def draw_uni(model, tokenizer, prompts: list[str], n: int = 1, seed: int = 0, cfg: float = 3.0,
+def draw_uni(model, tokenizer, prompts: list[str], n: int = 1, seed: int = 0, cfg: float = UNI_CFG,
              temperature: float = 1.0, distilled: bool = True, decoder_steps: int | None = None,
              decoder_cfg: float | None = None, sprint=None) -> np.ndarray:
     """n images per prompt (len(prompts) * n, 2H, 2W) in [0, 1], prompt-major."""
@@ -321,7 +322,7 @@ def draw_uni(model, tokenizer, prompts: list[str], n: int = 1, seed: int = 0, cf
     return decode_codes(model, codes, distilled, decoder_steps, decoder_cfg, seed)
 
 
-def edit_uni(model, tokenizer, image: np.ndarray, instruction: str, n: int = 1, seed: int = 0, cfg: float = 3.0,
+def edit_uni(model, tokenizer, image: np.ndarray, instruction: str, n: int = 1, seed: int = 0, cfg: float = UNI_CFG,
              temperature: float = 1.0, distilled: bool = True, decoder_steps: int | None = None,
              sprint=None) -> np.ndarray:
     """Edit `image` ((H, W) in [0, 1]) as `instruction` says -> (n, 2H, 2W) in [0, 1]."""

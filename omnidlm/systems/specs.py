@@ -180,7 +180,8 @@ SYSTEMS: dict[str, System] = {s.name: s for s in [
     System("uni", "LLaDA2.0-Uni", frozenset({"text", "see", "draw", "edit", "interleave"}),
            "config.json with 'image_token_offset' + model.safetensors + image_tokenizer/ [+ decoder/]",
            _is_uni, _load_uni, _save_uni, _uni_model, ("digits-uni", "digits-uni-tiny"),
-           _settings(block_length=32, policy="threshold", threshold=0.95, cache="exact", decoder="distilled", cfg=3.0),  # cfg: the scale its drawings are measured at (eval/uni_digits.py)
+           _settings(block_length=32, policy="threshold", threshold=0.95, cache="exact", decoder="distilled",
+                     cfg=uni.CFG),
            answer=uni.answer, answers_without_image=True, draw=uni.draw, draw_options=uni.DRAW_OPTIONS,
            shipped="uni-digits"),
     System("llada-v", "LLaDA-V", frozenset({"text", "see"}),

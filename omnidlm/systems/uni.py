@@ -11,6 +11,8 @@ from __future__ import annotations
 from .tasks import Drawing, Drawn, Question, image_as
 
 DRAW_OPTIONS = ("steps", "cfg", "full_ode")  # flag dests (commands/draw.py defines the flags)
+CFG = 3.0  # the drawing sampler's guidance scale: what its drawings are measured at (eval/uni_digits.py);
+# the spec's default (`sampling["cfg"]`) and the samplers' (sampling/image.py)
 
 
 def answer(loaded, q: Question) -> dict:
