@@ -25,6 +25,7 @@ TEXT = ROOT / "models" / "text-tiny"
     (A.port, ["0", "65536", "-1"], {"8000": 8000}),
     (A.seed, ["-1", str(2**64)], {"0": 0, str(2**64 - 1): 2**64 - 1}),
     (A.int_in(1, 16), ["0", "17"], {"16": 16}),
+    (A.token_ids, ["1,x", "", " , ", "[]", "1.5"], {"1,2,-200,3": [1, 2, -200, 3], "[1, 2 3]": [1, 2, 3], "7": [7]}),
 ])
 def test_types_refuse_bad_values(kind, bad, good):
     import argparse
@@ -48,6 +49,9 @@ def test_types_refuse_bad_values(kind, bad, good):
     (["generate", "--model", TEXT, "--prompt", "x", "--factor", "0"], "--factor"),
     (["bench", "--model", TEXT, "--n", "0"], "--n"),
     (["bench", "--model", TEXT, "--threshold", "2"], "--threshold"),
+    (["generate", "--model", TEXT, "--prompt-ids", "1,x"], "--prompt-ids"),
+    (["ask", "--model", TEXT, "--prompt-ids", "1;2"], "--prompt-ids"),
+    (["draw", "--prompt-ids", ""], "--prompt-ids"),
 ])
 def test_bad_flags_stop_at_parse_time_naming_the_flag(argv, flag, capsys):
     with pytest.raises(SystemExit) as stop:
@@ -55,6 +59,16 @@ def test_bad_flags_stop_at_parse_time_naming_the_flag(argv, flag, capsys):
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert f"argument {flag}" in err
+
+
+def test_every_prompt_ids_flag_is_parsed_by_one_type():
+    """`--prompt-ids` of generate, ask, draw and edit: one parser (args.token_ids), not one per command."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.choices and isinstance(a.choices, dict))
+    takers = {name: action.type for name, command in sub.choices.items() for action in command._actions
+              if "--prompt-ids" in action.option_strings}
+    assert {"generate", "ask", "draw", "edit"} <= set(takers)
+    assert all(kind is A.token_ids for kind in takers.values()), takers
 
 
 def test_cuda_without_a_gpu_says_so(capsys):

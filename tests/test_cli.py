@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import FIXTURES, reference
 from omnidlm.cli import main
 
@@ -44,8 +46,10 @@ def test_errors_name_the_problem_and_exit_2(tmp_path, capsys):
     assert code == 2 and "does not exist" in err
     code, _, err = run_cli(capsys, "generate", "--model", FIXTURES / "llada-tiny", "--prompt", "hi")
     assert code == 2 and "no tokenizer.json" in err
-    code, _, err = run_cli(capsys, "generate", "--model", FIXTURES / "llada-tiny", "--prompt-ids", "1,x")
-    assert code == 2 and "comma-separated integers" in err
+    with pytest.raises(SystemExit) as stop:  # a bad flag value stops at parse time (commands/args.py)
+        run_cli(capsys, "generate", "--model", FIXTURES / "llada-tiny", "--prompt-ids", "1,x")
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "argument --prompt-ids: must be comma-separated integers" in err
     code, _, err = run_cli(capsys, "generate", "--model", FIXTURES / "llada-tiny", "--prompt-ids", "1",
                            "--gen-length", 10, "--block-length", 4)
     assert code == 2 and "multiple of block_length" in err

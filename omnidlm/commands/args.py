@@ -7,6 +7,7 @@ so no command ever runs with a silently replaced or meaningless number.
     p.add_argument("--steps", type=positive_int, default=None)
     p.add_argument("--threshold", type=probability, default=0.9)
     p.add_argument("--device", type=device, default="cpu")
+    p.add_argument("--prompt-ids", type=token_ids, default=None)   # "1,2,-200,3" -> [1, 2, -200, 3]
     p.add_argument("--model", default=shipped_model("lladao-digits"))
 
 `shipped_model(name)` is the path of a model shipped with the package (`models/NAME` beside the
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import re
 from pathlib import Path
 
 MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
@@ -85,6 +87,19 @@ def positive_float(text: str) -> float:
 def probability(text: str) -> float:
     """A number in [0, 1]: confidence thresholds, keep ratios."""
     return _checked(text, float, lambda v: 0.0 <= v <= 1.0, "in [0, 1]")
+
+
+def token_ids(text: str) -> list[int]:
+    """Token ids, `--prompt-ids` of every command: integers separated by commas and / or spaces,
+    optionally in brackets ("1,2,-200,3", "[1, 2, 3]"); -200 is LLaDA-V's image placeholder."""
+    parts = [p for p in re.split(r"[\s,]+", text.strip().strip("[]")) if p]
+    try:
+        ids = [int(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated integers, got {text!r}") from None
+    if not ids:
+        raise argparse.ArgumentTypeError(f"must hold at least one token id, got {text!r}")
+    return ids
 
 
 def port(text: str) -> int:

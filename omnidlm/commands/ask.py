@@ -20,10 +20,9 @@ non-image or truncated file, an empty question or a model without a vision encod
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
-from .args import positive_int, probability, shipped_model
+from .args import positive_int, probability, shipped_model, token_ids
 
 DEFAULT_MODEL = shipped_model("lladao-digits")
 MAX_PIXELS = 4096 * 4096
@@ -56,24 +55,12 @@ def read_image(path: str, max_pixels: int = MAX_PIXELS, mode: str | None = "L"):
     return image_as(image, mode)
 
 
-def parse_ids(text: str) -> list[int]:
-    """--prompt-ids "1,2,-200,3" (commas and / or spaces, optional brackets) -> [1, 2, -200, 3]."""
-    parts = [p for p in re.split(r"[\s,]+", text.strip().strip("[]")) if p]
-    try:
-        ids = [int(p) for p in parts]
-    except ValueError:
-        raise ValueError(f"--prompt-ids must be integers separated by commas or spaces, got {text!r}") from None
-    if not ids:
-        raise ValueError("--prompt-ids is empty")
-    return ids
-
-
 def register(sub) -> None:
     p = sub.add_parser("ask", help=f"answer a question about an image ({SYSTEMS}; Uni answers may draw)")
     p.add_argument("question", nargs="?", default=None, help="the question, e.g. 'What digit is shown?'")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"a {SYSTEMS} model directory")
     p.add_argument("--image", default=None, help="a PNG / JPEG image (white digit on black for the digits models)")
-    p.add_argument("--prompt-ids", default=None, help="the prompt as token ids instead of a question "
+    p.add_argument("--prompt-ids", type=token_ids, default=None, help="the prompt as token ids instead of a question "
                    "(LLaDA-V: -200 where the image goes; LLaDA-o: the question's ids before the model's wrapping)")
     p.add_argument("--gen-length", type=int, default=None, help="tokens to generate (default: the system's)")
     p.add_argument("--block-length", type=positive_int, default=None, help="tokens per block (default: the system's)")
@@ -104,13 +91,12 @@ def seeing_system(path: str):
 
 
 def question_of(args):
-    """The parsed flags -> the system-neutral `Question` (the image as opened, prompt ids parsed)."""
+    """The parsed flags -> the system-neutral `Question` (the image as opened)."""
     from ..systems.tasks import Question
 
     image = read_image(args.image, args.max_pixels, mode=None) if args.image else None
-    ids = parse_ids(args.prompt_ids) if args.prompt_ids is not None else None
     knobs = ("gen_length", "block_length", "steps", "policy", "threshold", "cache", "temperature")
-    return Question(args.question, image, ids, **{k: getattr(args, k) for k in knobs})
+    return Question(args.question, image, args.prompt_ids, **{k: getattr(args, k) for k in knobs})
 
 
 def run(args) -> int:

@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from ..formats.io import atomic_file
-from .ask import DEFAULT_MODEL, MAX_PIXELS, parse_ids, read_image
-from .args import finite_float, int_in, positive_float, positive_int, probability, seed
+from .ask import DEFAULT_MODEL, MAX_PIXELS, read_image
+from .args import finite_float, int_in, positive_float, positive_int, probability, seed, token_ids
 
 # every drawing option of every system, by its dest: (flags, argparse keywords). A system's spec names
 # the ones its sampler takes (`System.draw_options`); the others are refused for its models.
@@ -41,7 +41,8 @@ OPTIONS = {
             help="text CFG scale (<= 1: off; default: the system's: LLaDA-o 4, Uni 3)")),
     "img_cfg": (("--img-cfg", "--cfg-img-scale"), dict(type=finite_float, default=None,
                 help="image CFG scale when editing (acts only with text CFG, as published; default 1: off)")),
-    "prompt_ids": (("--prompt-ids",), dict(default=None, help="comma-separated prompt token ids (instead of a prompt)")),
+    "prompt_ids": (("--prompt-ids",), dict(type=token_ids, default=None,
+                   help="comma-separated prompt token ids (instead of a prompt)")),
     "height": (("--height",), dict(type=positive_int, default=None, help="image height in pixels (default: the VAE's size)")),
     "width": (("--width",), dict(type=positive_int, default=None, help="image width in pixels (default: the height)")),
     "num_timesteps": (("--num-timesteps",), dict(type=positive_int, default=None,
@@ -171,12 +172,10 @@ def save_latent(z, path: str) -> None:
 
 
 def drawing_of(args, image):
-    """The parsed flags -> the system-neutral `Drawing`: the options given (files read, ids parsed)."""
+    """The parsed flags -> the system-neutral `Drawing`: the options given (files read)."""
     from ..systems.tasks import Drawing
 
     options = {k: getattr(args, k) for k in OPTIONS if getattr(args, k, None) is not None}
-    if "prompt_ids" in options:
-        options["prompt_ids"] = parse_ids(options["prompt_ids"])
     if "init_noise" in options:
         options["init_noise"] = read_noise(options["init_noise"])
     return Drawing(args.prompt, image, args.n, args.seed, options)

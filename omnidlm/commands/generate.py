@@ -19,7 +19,8 @@ from __future__ import annotations
 import json
 import time
 
-from .args import device, nonnegative_float, nonnegative_int, positive_float, positive_int, probability, seed
+from .args import (device, nonnegative_float, nonnegative_int, positive_float, positive_int, probability, seed,
+                   token_ids)
 
 
 def register(sub) -> None:
@@ -27,7 +28,7 @@ def register(sub) -> None:
     p.add_argument("--model", required=True, help="checkpoint directory")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="prompt text (chat-templated unless --raw)")
-    src.add_argument("--prompt-ids", help="comma-separated prompt token ids")
+    src.add_argument("--prompt-ids", type=token_ids, help="comma-separated prompt token ids")
     p.add_argument("--raw", action="store_true", help="do not apply the chat template to --prompt")
     p.add_argument("--sampler", choices=["llada", "llada2"], default=None,
                    help="llada: fixed steps, full canvas; llada2: block-causal threshold (default: by model)")
@@ -61,10 +62,7 @@ def register(sub) -> None:
 
 def prompt_ids(args, tokenizer) -> list[int]:
     if args.prompt_ids is not None:
-        try:
-            return [int(t) for t in args.prompt_ids.split(",") if t.strip()]
-        except ValueError:
-            raise ValueError(f"--prompt-ids must be comma-separated integers, got {args.prompt_ids!r}") from None
+        return args.prompt_ids  # parsed by args.token_ids
     if tokenizer is None:
         raise ValueError(f"{args.model} has no tokenizer.json: pass --prompt-ids instead of --prompt")
     if args.raw:
