@@ -38,7 +38,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from .recipes import RECIPES, TrainConfig, apply_overrides, recipe
+    from .recipes import RECIPES, apply_overrides, recipe
 
     cfg = apply_overrides(recipe(args.recipe), args.overrides)
     if args.max_steps is not None:  # after the overrides, so that it bounds every stage whatever they say
@@ -50,8 +50,25 @@ def run(args) -> int:
         print(json.dumps(listing, indent=2))
         return 0
     out = args.out or f"runs/{args.recipe}"
-    runner = run_text if isinstance(cfg, TrainConfig) else run_parts
-    return runner(args, cfg, out)
+    return runner_of(cfg)(args, cfg, out)
+
+
+def runners() -> dict:
+    """What trains each kind of config a recipe returns: ONE table (a new kind adds its row)."""
+    from . import omni, uni
+    from .recipes import TrainConfig
+
+    return {TrainConfig: run_text,  # the trainers are looked up when called (tests replace them)
+            omni.OmniTrainConfig: lambda args, cfg, out: run_parts(args, cfg, out, omni.train_omni),
+            uni.UniTrainConfig: lambda args, cfg, out: run_parts(args, cfg, out, uni.train_uni)}
+
+
+def runner_of(cfg):
+    table = runners()
+    if type(cfg) not in table:
+        kinds = ", ".join(kind.__name__ for kind in table)
+        raise ValueError(f"no trainer takes a {type(cfg).__name__} (the trained kinds: {kinds})")
+    return table[type(cfg)]
 
 
 def run_text(args, cfg, out: str) -> int:
@@ -72,15 +89,11 @@ def run_text(args, cfg, out: str) -> int:
     return 0
 
 
-def run_parts(args, cfg, out: str) -> int:
-    """The LLaDA-o and Uni recipes: several parts trained in turn, one process, not resumable."""
-    from .omni import OmniTrainConfig, train_omni
-    from .uni import train_uni
-
+def run_parts(args, cfg, out: str, fit) -> int:
+    """The LLaDA-o and Uni recipes: several parts trained in turn by `fit`, one process, not resumable."""
     for flag, value in (("--resume", args.resume), ("--stop-after", args.stop_after)):
         if value:
             raise ValueError(f"{flag} is not supported by {args.recipe} (its parts are trained in turn, in one run)")
-    fit = train_omni if isinstance(cfg, OmniTrainConfig) else train_uni
     _, summary = fit(cfg, out, force=args.force)
     print(json.dumps({"out": str(out), **{k: v for k, v in summary.items() if k != "config"}}, default=str))
     return 0
