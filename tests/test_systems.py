@@ -78,6 +78,21 @@ def test_specs_are_consistent():
         systems.System("x", "X", frozenset({"fly"}), "", bool, None, None, bool)
 
 
+def test_every_recipe_is_claimed_by_the_system_it_trains():
+    """`System.recipes` names each recipe once, under the system of the model it trains (a text
+    recipe's by its model config: experts -> LLaDA2.0), so a new recipe cannot go unlisted."""
+    from omnidlm.train.omni import OMNI_RECIPES
+    from omnidlm.train.recipes import RECIPES, recipe
+    from omnidlm.train.uni import UNI_RECIPES
+
+    claims = [(name, s.name) for s in systems.SYSTEMS.values() for name in s.recipes]
+    assert sorted(n for n, _ in claims) == sorted(RECIPES)
+    for name, system in claims:
+        trains = ("lladao" if name in OMNI_RECIPES else "uni" if name in UNI_RECIPES
+                  else "llada2" if recipe(name).model.is_moe else "llada")
+        assert system == trains, name
+
+
 def test_save_through_the_system_round_trips(tmp_path):
     model = omnidlm.load(FIXTURES / "lladao-tiny")
     systems.save(model, tmp_path / "o")

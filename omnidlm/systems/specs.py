@@ -179,7 +179,7 @@ SYSTEMS: dict[str, System] = {s.name: s for s in [
            answer=lladao.answer, draw=lladao.draw, draw_options=lladao.DRAW_OPTIONS, shipped="lladao-digits"),
     System("uni", "LLaDA2.0-Uni", frozenset({"text", "see", "draw", "edit", "interleave"}),
            "config.json with 'image_token_offset' + model.safetensors + image_tokenizer/ [+ decoder/]",
-           _is_uni, _load_uni, _save_uni, _uni_model, ("digits-uni", "digits-uni-tiny"),
+           _is_uni, _load_uni, _save_uni, _uni_model, ("digits-uni", "digits-uni-tiny", "digits-uni-tune"),
            _settings(block_length=32, policy="threshold", threshold=0.95, cache="exact", decoder="distilled",
                      cfg=uni.CFG),
            answer=uni.answer, answers_without_image=True, draw=uni.draw, draw_options=uni.DRAW_OPTIONS,
@@ -191,7 +191,7 @@ SYSTEMS: dict[str, System] = {s.name: s for s in [
            answer=llada_v.answer),
     System("llada2", "LLaDA2.0", frozenset({"text"}),
            "config.json (model_type llada2_moe, or omnidlm with n_experts) + model.safetensors (or its index)",
-           _is_moe_text, formats.load, _save_text("llada2"), lambda m: _backbone(m, moe=True), (),
+           _is_moe_text, formats.load, _save_text("llada2"), lambda m: _backbone(m, moe=True), ("synthetic-moe-tiny",),
            _settings(policy="threshold", threshold=0.95)),  # the published LLaDA2.0 rule
     System("llada", "LLaDA", frozenset({"text"}),
            "config.json (omnidlm, LLaDA's OLMo fields or Llama fields) + model.safetensors (or its index)",
