@@ -11,6 +11,7 @@ from PIL import Image
 
 from omnidlm.commands import chat
 from omnidlm.data.digits import WORDS, digit_images
+from omnidlm.sampling.policies import FixedSteps, Threshold
 from omnidlm.serve.images import encode_png
 
 ROOT = Path(__file__).parent.parent
@@ -40,3 +41,17 @@ def test_chat_with_llada_v_sees_and_refuses_to_draw():
     shown = out.getvalue().splitlines()
     assert "/image FILE" in shown[0] and "/draw" not in shown[0]
     assert "cannot draw" in shown[1] and shown[2].startswith("attached") and len(shown) == 4
+
+
+@pytest.mark.parametrize("model, policy", [(ROOT / "models" / "text-tiny", Threshold(0.9, 32)),
+                                           (ROOT / "tests" / "data" / "fixtures" / "llada-v-tiny", None)])
+def test_chat_decodes_as_the_server_does(model, policy):
+    """The chat's rows are the server's: the system's threshold (LLaDA-V: fixed steps), or --threshold."""
+    from omnidlm.serve.backends import open_backend
+
+    backend = open_backend(str(model))
+    block = backend.config.block_size
+    for threshold, expected in ((None, policy or FixedSteps(block)), (0.5, Threshold(0.5, block))):
+        session = chat.Session(backend, Namespace(threshold=threshold), io.StringIO())
+        row = session.row(backend.chat_prompt([{"role": "user", "content": "hi"}], []))
+        assert row.policy == expected and row.temperature == 0.0, (threshold, row)

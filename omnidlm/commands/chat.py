@@ -19,7 +19,7 @@ def register(sub) -> None:
     p.add_argument("--model", required=True, help="checkpoint directory with a tokenizer.json")
     p.add_argument("--max-tokens", type=positive_int, default=256, help="upper bound of an answer (it stops at EOS; default: 256)")
     p.add_argument("--threshold", type=probability, default=None,
-                   help="commit tokens at least this confident (default: the system's, 0.9 or 0.95)")
+                   help="commit tokens at least this confident (default: the system's, as the server)")
     p.add_argument("--device", type=device, default="cpu", help="device to run on (default: cpu)")
     p.set_defaults(func=run)
 
@@ -105,12 +105,10 @@ class Session:
         self.messages.append({"role": "assistant", "content": self.backend.decode(answer)})
 
     def row(self, prompt):
-        from ..sampling.policies import FixedSteps, Threshold
-        from ..sampling.rows import RowSettings
+        """The answer's row: a server request's defaults (`serve.scheduler.Settings.row`), this threshold."""
+        from ..serve.scheduler import Settings
 
-        steps = self.backend.config.block_size
-        policy = FixedSteps(steps) if self.threshold is None else Threshold(self.threshold, steps)
-        return RowSettings(policy=policy, ban_ids=prompt.ban_ids)
+        return Settings(threshold=self.threshold, ban_ids=prompt.ban_ids).row(self.backend.config.block_size)
 
 
 def run(args, lines=None, out=sys.stdout) -> int:
