@@ -27,8 +27,8 @@ class KVCache:
     """Slots of keys/values for `batch` rows of up to `length` positions each."""
 
     def __init__(self, n_layers: int, batch: int, kv_heads: int, head_dim: int, length: int,
-                 dtype=torch.float32, device=None):
-        self.n_layers, self.batch, self.length = n_layers, batch, length
+                 dtype=torch.float32, device=None, static: bool = False):
+        self.n_layers, self.batch, self.length, self.static = n_layers, batch, length, static
         shape = (batch, kv_heads, length + 1, head_dim)
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
@@ -37,9 +37,11 @@ class KVCache:
         self.width = self._first = 0
 
     @classmethod
-    def for_model(cls, model, batch: int, length: int) -> "KVCache":
+    def for_model(cls, model, batch: int, length: int, static: bool = False) -> "KVCache":
+        """`static`: the buffers never move (a captured CUDA graph holds their addresses,
+        sampling/graphs.py); a row needing more than `length` positions is refused."""
         cfg = model.config
-        return cls(cfg.n_layers, batch, cfg.kv_heads, cfg.head_size, length, model.dtype, model.device)
+        return cls(cfg.n_layers, batch, cfg.kv_heads, cfg.head_size, length, model.dtype, model.device, static)
 
     @property
     def trash(self) -> int:
@@ -50,6 +52,8 @@ class KVCache:
         """Grow every row to hold `length` positions (copying what is cached)."""
         if length <= self.length:
             return
+        if self.static:
+            raise ValueError(f"a row needs {length} cache positions; this static cache holds {self.length} (max_length)")
         grow = length - self.length
         for store in (self.k, self.v):
             for i, t in enumerate(store):

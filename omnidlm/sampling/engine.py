@@ -34,12 +34,17 @@ the canvas; a prefix row's blocks are aligned at its canvas start. With "full" a
 schedule spreads the masks it holds at its first step (LLaDA's rule), with "block" the block length
 (LLaDA2.0's rule); the two differ only for a block that holds prompt tokens.
 
+The GPU path (`BatchEngine(..., graphs=True)`, sampling/graphs.py): block steps run at fixed
+bucket shapes over a static cache, each bucket captured once as a CUDA graph on a GPU; prefills
+and refreshes stay eager. `compile=True` runs the forward through torch.compile.
+
 Adaptive length (`stop_at_eos`): a row stops as soon as it holds a committed EOS with nothing
 masked before it; its output is cut after that EOS (what the LLaDA2.0 sampler returns).
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass
 
@@ -47,11 +52,12 @@ import torch
 
 from . import prefix as PF
 from .cache import KVCache
+from .graphs import StepGraphs, compiled
 from .config import ATTENTIONS, CACHE_MODES, SamplingConfig, check_config, reference_config  # noqa: F401 (re-exported)
 from .policies import Threshold, step_minimum
-from .prefix import PREFIX_SLOT, Prefix
+from .prefix import Prefix
 from .rows import RowSettings, RowTable
-from .sprint import note_prefill, note_prompt, prune_row
+from .sprint import note_prompt, prune_row
 
 
 @dataclass
@@ -102,18 +108,28 @@ class BatchEngine:
     """Rows [0, n) of the batch are active; a finished row's slot is refilled from the queue."""
 
     def __init__(self, model, config: SamplingConfig | None = None, max_batch: int = 8,
-                 generator: torch.Generator | None = None, compile: bool = False):
+                 generator: torch.Generator | None = None, compile: bool = False, graphs: bool = False,
+                 max_length: int | None = None):
+        """`compile`: the forward through torch.compile; `graphs`: block steps at fixed bucket
+        shapes, CUDA graphs on a GPU (sampling/graphs.py); `max_length`: a static cache of that
+        many positions per row, allocated once (default with `graphs`: the model's max_seq_len)."""
         self.model, self.max_batch, self.generator = model, max_batch, generator
         self.cfg = (config or SamplingConfig()).resolved(model.config)
+        if graphs and self.cfg.cache == "none":
+            raise ValueError('graphs=True runs cached block steps: it needs SamplingConfig.cache "exact" or "approx"')
         self.mask_id, self.eos_id = model.config.mask_id, model.config.eos_id
         self.pad_id = model.config.pad_token_id
         self.rows: list[_Row] = []
         self.queue: list[Request] = []
         self._ids = itertools.count()
         self.tokens = torch.full((max_batch, 0), self.pad_id, dtype=torch.long, device=model.device)
-        self.cache = None if self.cfg.cache == "none" else KVCache.for_model(model, max_batch, 0)
+        if graphs and max_length is None:
+            max_length = model.config.max_seq_len
+        self.cache = None if self.cfg.cache == "none" else KVCache.for_model(
+            model, max_batch, max_length or 0, static=max_length is not None)
         self.compiled = compile
-        self.forward = _compiled(model) if compile else model
+        self.forward = compiled(model) if compile else model
+        self.graphs = StepGraphs(model, max_batch, self.cfg.block_length) if graphs else None
         self.defaults = RowSettings.of(self.cfg)
         self.table = RowTable(max_batch, model.config.vocab_size, model.device)  # per-row settings
 
@@ -139,7 +155,7 @@ class BatchEngine:
         if not self.rows:
             return []
         if self.cache is not None:
-            self._prefill()
+            PF.prefill(self)  # the prefixes of the rows admitted at this step
             self._prefill_prompts()
         return self._advance(*self._denoise())
 
@@ -198,6 +214,10 @@ class BatchEngine:
         if prefix_len + len(request.prompt_ids) + new > mcfg.max_seq_len:
             raise ValueError(f"prompt ({prefix_len + len(request.prompt_ids)} tokens) + max_new_tokens ({new}) "
                              f"exceeds the model's maximum sequence length ({mcfg.max_seq_len})")
+        need = prefix_len + self._layout(request)[3]
+        if self.cache is not None and self.cache.static and need > self.cache.length:
+            raise ValueError(f"prompt + max_new_tokens need {need} cache positions (whole blocks); the engine's "
+                             f"static cache holds {self.cache.length} (max_length)")
         if request.settings is not None:
             if not isinstance(request.settings, RowSettings):
                 raise ValueError(f"Request.settings must be a RowSettings or None, got {type(request.settings).__name__}")
@@ -226,13 +246,17 @@ class BatchEngine:
             s = s.replace(policy=Threshold(sprint.threshold, s.policy.steps))
         return s
 
-    def _admit(self, request: Request) -> None:
-        P, bl, prefix = len(request.prompt_ids), self.cfg.block_length, request.prefix
+    def _layout(self, request: Request) -> tuple[int, int, int, int]:
+        """-> (prompt length, end of the answer, start of the first block, canvas length)."""
+        P, bl = len(request.prompt_ids), self.cfg.block_length
         end = P + (self.cfg.max_new_tokens if request.max_new_tokens is None else request.max_new_tokens)
-        if self.cfg.attention == "block" or prefix is not None:  # blocks aligned at the canvas start
-            first, length = P // bl * bl, -(-end // bl) * bl
-        else:  # blocks from the prompt's end
-            first, length = P, P + -(-(end - P) // bl) * bl
+        if self.cfg.attention == "block" or request.prefix is not None:  # blocks aligned at the canvas start
+            return P, end, P // bl * bl, -(-end // bl) * bl
+        return P, end, P, P + -(-(end - P) // bl) * bl  # blocks from the prompt's end
+
+    def _admit(self, request: Request) -> None:
+        P, end, first, length = self._layout(request)
+        prefix = request.prefix
         r, prefix_len = len(self.rows), 0 if prefix is None else prefix.length
         self._ensure_length(length, prefix_len)
         self.tokens[r] = self.pad_id
@@ -255,28 +279,6 @@ class BatchEngine:
             self.tokens = torch.cat([self.tokens, pad], dim=1)
         if self.cache is not None:
             self.cache.ensure_length(length + prefix_len)
-
-    def _prefill(self) -> None:
-        """ONE forward writes the prefixes of the rows admitted at this step (contiguous, at the
-        end) into slots [0, P) of their cache rows, under each prefix's own mask."""
-        todo = [i for i, row in enumerate(self.rows) if not row.prefilled]
-        if not todo:
-            return
-        first, n = todo[0], len(self.rows) - todo[0]
-        rows = self.rows[first:]
-        pre = PF.stack([row.prefix if not row.prefilled else None for row in rows], self.tokens.device,
-                       self.model.dtype)
-        width = pre["valid"].shape[1]
-        slots = torch.where(pre["valid"], torch.arange(width, device=self.tokens.device), self.cache.trash)
-        self.cache.begin(slots, torch.full_like(slots, PREFIX_SLOT), width, first_row=first)
-        mask = pre["mask"][:, None]  # (n, 1, P, P)
-        sprint = self.cfg.sprint is not None  # SPRINT scores the prefix positions by confidence
-        out = self.forward(None, inputs_embeds=pre["embeds"], attention_mask=mask, position_ids=pre["position_ids"],
-                           kv_cache=self.cache, logits_at=None if sprint else slots.new_zeros(n, 0))
-        if sprint:
-            note_prefill(rows, out.logits)
-        for row in rows:
-            row.prefilled = True
 
     def _prefill_prompts(self) -> None:
         """Exact cache, rows admitted while others decode: ONE forward writes the new rows' prompt
@@ -361,43 +363,35 @@ class BatchEngine:
     def _forward(self, q_pos: torch.Tensor, valid: torch.Tensor, plan, logits_at=None, first: int = 0) -> torch.Tensor:
         """Queries at q_pos (n, Lq) of rows [first, first + n) attend to keys of positions <
         plan["seen"] -> logits (n, Lq, V), or (n, K, V) at the query indices `logits_at` (n, K)."""
-        n = q_pos.shape[0]
-        tokens = torch.where(valid, self.tokens[first : first + n].gather(1, q_pos), self.pad_id)  # (n, Lq)
+        n, bucket = q_pos.shape[0], None
+        if self.graphs is not None and first == 0 and logits_at is not None:  # a block step, rows from 0
+            bucket, q_pos, valid, plan, logits_at = self.graphs.fit(q_pos, valid, plan, logits_at, self.cache.length)
+        tokens = torch.where(valid, self.tokens[first : first + q_pos.shape[0]].gather(1, q_pos), self.pad_id)  # (n, Lq)
+        rope = q_pos + plan["rope"][:, None]  # RoPE positions: after a prefix they continue from it
         if self.cache is None:
             k_pos = torch.where(valid, q_pos, -1)
-            kv = None
-        else:
-            slots = torch.where(valid, q_pos - plan["shift"][:, None], self.cache.trash)
-            k_pos = self.cache.begin(slots, q_pos, plan["width"], first_row=first, starts=plan["starts"])  # (n, W)
-            kv = self.cache
-        rope = q_pos + plan["rope"][:, None]  # RoPE positions: after a prefix they continue from it
-        if kv is None and any(row.prefix is not None for row in self.rows):
-            return self._forward_with_prefix(tokens, q_pos, valid, k_pos, rope, plan)
-        mask = self._mask(q_pos, valid, k_pos, plan["length"])
-        if logits_at is None:
+            if any(row.prefix is not None for row in self.rows):
+                return PF.forward_with_prefix(self, tokens, q_pos, valid, k_pos, rope, plan)
+            return self._call(tokens, self._mask(q_pos, valid, k_pos, plan["length"]), rope, None, logits_at)
+        slots = torch.where(valid, q_pos - plan["shift"][:, None], self.cache.trash)
+        if bucket is None:
+            return self._cached(tokens, slots, q_pos, valid, rope, plan["length"], logits_at,
+                                width=plan["width"], first=first, starts=plan["starts"])
+        step = functools.partial(self._cached, width=plan["width"], fixed=True)
+        return self.graphs.run(bucket, step, tokens, slots, q_pos, valid, rope, plan["length"], logits_at)[:n]
+
+    def _cached(self, tokens, slots, q_pos, valid, rope, lengths, logits_at, width: int, first: int = 0,
+                starts=None, fixed: bool = False) -> torch.Tensor:
+        """A forward with the cache: write the queries' slots, attend over slots [0, width)."""
+        k_pos = self.cache.begin(slots, q_pos, width, first_row=first, starts=starts)  # (n, W)
+        return self._call(tokens, self._mask(q_pos, valid, k_pos, lengths, fixed=fixed), rope, self.cache, logits_at)
+
+    def _call(self, tokens, mask, rope, kv, logits_at) -> torch.Tensor:
+        if logits_at is None:  # the reference's own call (no logits_at argument)
             return self.forward(tokens, attention_mask=mask, position_ids=rope, kv_cache=kv).logits
         return self.forward(tokens, attention_mask=mask, position_ids=rope, kv_cache=kv, logits_at=logits_at).logits
 
-    def _forward_with_prefix(self, tokens, q_pos, valid, k_pos, rope, plan) -> torch.Tensor:
-        """Cache "none": [prefix | canvas queries] in one forward -> the canvas queries' logits.
-        Canvas queries see the prefix; prefix queries see the canvas too with "full" attention
-        (every token sees every token), else only what their prefix mask allows."""
-        pre = PF.stack([row.prefix for row in self.rows], self.tokens.device, self.model.dtype)
-        P = pre["valid"].shape[1]
-        x = torch.cat([pre["embeds"], self.model.embed(tokens).to(pre["embeds"].dtype)], dim=1)  # (n, P + Lq, D)
-        keys = torch.cat([torch.where(pre["valid"], PREFIX_SLOT, -1), k_pos], dim=1)  # (n, P + Lq)
-        canvas = self._mask(q_pos, valid, keys, plan["length"])  # canvas queries over all keys
-        prefix_q = PF.query_mask(pre, keys, plan["length"], self.cfg.attention == "full")  # (n, P, P + Lq)
-        if canvas is None and bool(prefix_q.all()):
-            mask = None  # every token sees every token: LLaDA-o's chat(use_cache=False) call
-        else:
-            if canvas is None:
-                canvas = torch.ones_like(keys, dtype=torch.bool)[:, None, None, :].expand(-1, 1, tokens.shape[1], -1)
-            mask = torch.cat([prefix_q[:, None], canvas], dim=2)  # (n, 1, P + Lq, P + Lq)
-        positions = torch.cat([pre["position_ids"], rope], dim=1)
-        return self.forward(None, inputs_embeds=x, attention_mask=mask, position_ids=positions).logits[:, P:]
-
-    def _mask(self, q_pos, valid, k_pos, lengths) -> torch.Tensor | None:
+    def _mask(self, q_pos, valid, k_pos, lengths, fixed: bool = False) -> torch.Tensor | None:
         """(n, 1, Lq, W) True = may attend, from the positions of queries and key slots (-1: empty,
         PREFIX_SLOT: a prefix token, before every canvas position)."""
         key_ok = (k_pos != -1)[:, None, :]  # (n, 1, W)
@@ -406,10 +400,11 @@ class BatchEngine:
             ok = key_ok & (k_pos[:, None, :] // bl <= q_pos[:, :, None] // bl)  # (n, Lq, W)
         else:
             ok = (key_ok & (k_pos < lengths[:, None])[:, None, :]).expand(-1, q_pos.shape[1], -1)
-        if bool(ok.all()) and not self.compiled:
+        if not (fixed or self.compiled) and bool(ok.all()):
             # every query sees every key: full attention with no padding (the reference's own call),
             # or a block step over its cached prefix; SDPA gives the same bits without a mask
-            # (compiled: always a mask, so that one graph serves every step)
+            # (compiled or a bucket's step: always a mask, so that one graph serves every step, and
+            # no host read inside a captured step)
             return None
         pad = ~valid[:, :, None] & (torch.arange(k_pos.shape[1], device=k_pos.device) == 0)
         return (ok | pad)[:, None]  # padded queries see slot 0 (their output is dropped)
@@ -494,20 +489,6 @@ class BatchEngine:
         for i, row in enumerate(self.rows):
             if row.forwards == 0:  # the prefill step: confidences of the prompt positions
                 note_prompt(row, logits[i], int(a[i]))
-
-
-def _compiled(model):
-    """One compiled forward (inductor, dynamic shapes) for every step: on a GPU the fast path, on
-    the CPU the same graph tested against eager (tests/test_engine_compile.py). The engine always
-    passes a mask and writes the cache by scatter when compiled, so the graph's structure never
-    changes; sizes are symbolic and not unified by value (no duck sizing), so a step whose queries
-    happen to equal its keys or its batch does not recompile."""
-    compiled = torch.compile(model, dynamic=True)
-
-    def forward(*args, **kwargs):
-        with torch.fx.experimental._config.patch(use_duck_shape=False):
-            return compiled(*args, **kwargs)
-    return forward
 
 
 def generate(model, prompts, config: SamplingConfig | None = None, max_batch: int = 8,

@@ -33,6 +33,8 @@ from typing import Callable
 
 import torch
 
+from .sprint import note_prefill
+
 PREFIX_SLOT = -2  # KVCache.slot_pos of a prefix slot: before every canvas position (-1 is an empty slot)
 
 
@@ -142,3 +144,47 @@ def query_mask(pre: dict, keys: torch.Tensor, lengths: torch.Tensor, full: bool)
         return ok | pad
     canvas = keys.new_zeros(keys.shape[0], P, keys.shape[1] - P, dtype=torch.bool)
     return torch.cat([pre["mask"], canvas], dim=2)
+
+
+# -- the engine's prefix forwards (sampling/engine.py) ------------------------------------------
+
+def prefill(engine) -> None:
+    """Cached modes: ONE forward writes the prefixes of the rows admitted at this step (contiguous, at the
+    end) into slots [0, P) of their cache rows, under each prefix's own mask."""
+    todo = [i for i, row in enumerate(engine.rows) if not row.prefilled]
+    if not todo:
+        return
+    first, n = todo[0], len(engine.rows) - todo[0]
+    rows = engine.rows[first:]
+    pre = stack([row.prefix if not row.prefilled else None for row in rows], engine.tokens.device, engine.model.dtype)
+    width = pre["valid"].shape[1]
+    slots = torch.where(pre["valid"], torch.arange(width, device=engine.tokens.device), engine.cache.trash)
+    engine.cache.begin(slots, torch.full_like(slots, PREFIX_SLOT), width, first_row=first)
+    mask = pre["mask"][:, None]  # (n, 1, P, P)
+    sprint = engine.cfg.sprint is not None  # SPRINT scores the prefix positions by confidence
+    out = engine.forward(None, inputs_embeds=pre["embeds"], attention_mask=mask, position_ids=pre["position_ids"],
+                         kv_cache=engine.cache, logits_at=None if sprint else slots.new_zeros(n, 0))
+    if sprint:
+        note_prefill(rows, out.logits)
+    for row in rows:
+        row.prefilled = True
+
+
+def forward_with_prefix(engine, tokens, q_pos, valid, k_pos, rope, plan) -> torch.Tensor:
+    """Cache "none": [prefix | canvas queries] in one forward -> the canvas queries' logits.
+    Canvas queries see the prefix; prefix queries see the canvas too with "full" attention
+    (every token sees every token), else only what their prefix mask allows."""
+    pre = stack([row.prefix for row in engine.rows], engine.tokens.device, engine.model.dtype)
+    P = pre["valid"].shape[1]
+    x = torch.cat([pre["embeds"], engine.model.embed(tokens).to(pre["embeds"].dtype)], dim=1)  # (n, P + Lq, D)
+    keys = torch.cat([torch.where(pre["valid"], PREFIX_SLOT, -1), k_pos], dim=1)  # (n, P + Lq)
+    canvas = engine._mask(q_pos, valid, keys, plan["length"])  # canvas queries over all keys
+    prefix_q = query_mask(pre, keys, plan["length"], engine.cfg.attention == "full")  # (n, P, P + Lq)
+    if canvas is None and bool(prefix_q.all()):
+        mask = None  # every token sees every token: LLaDA-o's chat(use_cache=False) call
+    else:
+        if canvas is None:
+            canvas = torch.ones_like(keys, dtype=torch.bool)[:, None, None, :].expand(-1, 1, tokens.shape[1], -1)
+        mask = torch.cat([prefix_q[:, None], canvas], dim=2)  # (n, 1, P + Lq, P + Lq)
+    positions = torch.cat([pre["position_ids"], rope], dim=1)
+    return engine.forward(None, inputs_embeds=x, attention_mask=mask, position_ids=positions).logits[:, P:]
