@@ -87,3 +87,16 @@ def test_bench_shape_with_int8_times_int8_against_float_generations(tmp_path):
     rows = json.loads(out.read_text())["int8"]
     assert [r["name"] for r in rows] == ["int8 approx", "int8 exact"]
     assert all(r["ms"] > 0 and r["float_ms"] > 0 and 0 <= r["token_match"] <= 1 for r in rows)
+
+
+def test_bench_shape_with_graphs_times_bucket_steps_against_eager(tmp_path):
+    out = tmp_path / "shape.json"
+    assert main(["bench", "--shape", "llada-tiny", "--random-weights", "--repeats", "1", "--prompt-length", "8",
+                 "--gen-length", "32", "--block-length", "16", "--steps", "4", "--graphs", "--json", str(out)]) == 0
+    rows = {r["name"]: r for r in json.loads(out.read_text())["graphs"]}
+    assert list(rows) == ["graphs approx", "graphs exact"]
+    # the one-block forwards of test_a_generation_records_the_shape_of_every_forward_it_ran
+    assert rows["graphs approx"]["block_steps"] == 6 and rows["graphs exact"]["block_steps"] == 8
+    for r in rows.values():  # on the CPU the bucket steps run eagerly: nothing replayed, the same tokens
+        assert r["ms"] > 0 and r["eager_ms"] > 0 and r["step_ms"] > 0 and r["replayed_steps"] == 0
+        assert r["token_match"] == 1.0

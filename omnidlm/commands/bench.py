@@ -39,6 +39,8 @@ def register(sub) -> None:
     p.add_argument("--batch", type=nonnegative_int, default=8, help="batch size of the batched row (0: none)")
     p.add_argument("--sprint", type=probability, default=None, metavar="KEEP",
                    help="add a SPRINT row keeping this fraction of the prompt's cache")
+    p.add_argument("--graphs", action="store_true",
+                   help="--shape: also time whole generations with block steps at bucket shapes, CUDA graphs on a GPU")
     p.add_argument("--quantize", choices=["int8"], default=None,
                    help="add the fast row on weight-only int8 linears (CPU): tokens/s and exact-match change; "
                         "with --shape: whole generations int8 against float")
@@ -170,7 +172,8 @@ def _ints(text: str, flag: str) -> list[int]:
 def run_shape(args) -> int:
     import torch
 
-    from ..eval.generation import bench_generation, bench_int8, format_generation, format_int8
+    from ..eval.generation import (bench_generation, bench_graphs, bench_int8, format_generation, format_graphs,
+                                   format_int8)
     from ..eval.shapes import bench_shapes, cost_growth, format_growth, format_kinds, random_model, set_clock
 
     if not args.random_weights:
@@ -204,6 +207,13 @@ def run_shape(args) -> int:
         print(f"\nwhole generations ({args.steps} steps per block, fixed steps, no EOS stop):")
         print(format_generation(gen))
         out["generation"] = gen
+        if args.graphs:
+            g = [row for b in _ints(args.batch_sizes, "--batch-sizes")
+                 for row in bench_graphs(model, b, args.prompt_length, args.gen_length, args.block_length,
+                                         args.steps, max(1, args.repeats // 2), log)]
+            print("\nblock steps at bucket shapes (graphs=True) against eager, whole generations:")
+            print(format_graphs(g))
+            out["graphs"] = g
         if args.quantize == "int8":
             from ..nn.quantize import quantize_int8
 

@@ -61,17 +61,19 @@ def record_forwards(model):
     return log, handles
 
 
-def _engine(model, cache: str, attention: str, batch: int, answer: int, block: int, steps: int):
+def _engine(model, cache: str, attention: str, batch: int, answer: int, block: int, steps: int, **options):
     cfg = SamplingConfig(max_new_tokens=answer, block_length=block, attention=attention, cache=cache,
                          policy=FixedSteps(steps), stop_at_eos=False)
-    return BatchEngine(model, cfg, max_batch=batch)
+    return BatchEngine(model, cfg, max_batch=batch, **options)
 
 
 @torch.no_grad()
-def timed_generation(model, prompts, cache: str, attention: str, answer: int, block: int, steps: int) -> dict:
-    """One generation of `prompts` (one batch): total seconds, and per step its seconds and the
-    shape and seconds of the forward it ran."""
-    engine = _engine(model, cache, attention, len(prompts), answer, block, steps)
+def timed_generation(model, prompts, cache: str, attention: str, answer: int, block: int, steps: int,
+                     **options) -> dict:
+    """One generation of `prompts` (one batch) through `BatchEngine(..., **options)`: total seconds,
+    and per step its seconds and the shape and seconds of the forwards it ran (a step replayed as a
+    CUDA graph runs no Python forward: it logs none)."""
+    engine = _engine(model, cache, attention, len(prompts), answer, block, steps, **options)
     log, handles = record_forwards(model)
     step_log, done = [], {}
     try:
@@ -88,7 +90,8 @@ def timed_generation(model, prompts, cache: str, attention: str, answer: int, bl
     finally:
         for h in handles:
             h.remove()
-    return {"seconds": total, "steps": step_log, "forwards": [s for s, _ in log], "tokens": [done[i] for i in ids]}
+    return {"seconds": total, "steps": step_log, "forwards": [s for s, _ in log], "tokens": [done[i] for i in ids],
+            "replays": engine.graphs.replays if engine.graphs is not None else 0}
 
 
 def _ceilings(model, shapes, rounds: int = 3) -> dict[Shape, float]:
@@ -168,6 +171,22 @@ def format_generation(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _side_by_side(variants: dict, prompts, cache: str, attention: str, answer: int, block: int, steps: int,
+                  repeats: int) -> dict[str, list[dict]]:
+    """{name: (model, engine options)} -> {name: its timed generations}, alternating: one warm-up
+    round, then `repeats` rounds in which every variant runs once (both see the same machine)."""
+    runs = {name: [] for name in variants}
+    for _ in range(repeats + 1):
+        for name, (model, options) in variants.items():
+            runs[name].append(timed_generation(model, prompts, cache, attention, answer, block, steps, **options))
+    return {name: r[1:] for name, r in runs.items()}
+
+
+def _agreement(a: list[list[int]], b: list[list[int]]) -> float:
+    pairs = [(x, y) for ra, rb in zip(a, b) for x, y in zip(ra, rb)]
+    return sum(x == y for x, y in pairs) / max(1, len(pairs))
+
+
 def bench_int8(model, int8, batch: int = 1, prompt: int = 64, answer: int = 256, block: int = 32,
                steps: int = 8, repeats: int = 3, progress=None) -> list[dict]:
     """Rows `int8 approx|exact`: the whole generation on `int8` (nn/quantize.py) and on the float
@@ -178,17 +197,14 @@ def bench_int8(model, int8, batch: int = 1, prompt: int = 64, answer: int = 256,
     for cache, attention in MODES:
         if progress:
             progress(f"int8 against float, {cache} ({attention} attention), batch {batch}")
-        runs = {"float": [], "int8": []}
-        for _ in range(repeats + 1):  # the first round warms up
-            for name, m in (("float", model), ("int8", int8)):
-                runs[name].append(timed_generation(m, prompts, cache, attention, answer, block, steps))
-        ms = {k: 1e3 * statistics.median(r["seconds"] for r in v[1:]) for k, v in runs.items()}
-        pairs = [(a, b) for fa, qa in zip(runs["float"][0]["tokens"], runs["int8"][0]["tokens"]) for a, b in zip(fa, qa)]
+        runs = _side_by_side({"float": (model, {}), "int8": (int8, {})}, prompts, cache, attention, answer, block,
+                             steps, repeats)
+        ms = {k: 1e3 * statistics.median(r["seconds"] for r in v) for k, v in runs.items()}
         tokens = batch * answer
         rows.append({"name": f"int8 {cache}", "cache": cache, "attention": attention, "batch": batch,
                      "ms": ms["int8"], "float_ms": ms["float"], "tokens_per_s": tokens / ms["int8"] * 1e3,
                      "float_tokens_per_s": tokens / ms["float"] * 1e3, "speedup": ms["float"] / ms["int8"],
-                     "token_match": sum(a == b for a, b in pairs) / max(1, len(pairs))})
+                     "token_match": _agreement(runs["float"][0]["tokens"], runs["int8"][0]["tokens"])})
     return rows
 
 
@@ -198,4 +214,44 @@ def format_int8(rows: list[dict]) -> str:
     for r in rows:
         lines.append(f"| {r['name']} | {r['batch']} | {r['ms']:.1f} | {r['float_ms']:.1f} | {r['tokens_per_s']:.1f} | "
                      f"{r['float_tokens_per_s']:.1f} | {r['speedup']:.2f}x | {r['token_match']:.3f} |")
+    return "\n".join(lines)
+
+
+def bench_graphs(model, batch: int = 1, prompt: int = 64, answer: int = 256, block: int = 32, steps: int = 8,
+                 repeats: int = 3, progress=None) -> list[dict]:
+    """Rows `graphs approx|exact`: whole generations with `BatchEngine(..., graphs=True)` (block
+    steps at bucket shapes, replayed as CUDA graphs on a GPU; sampling/graphs.py) and without,
+    alternating -> ms of each, the block steps' ms (the steps whose eager forward computed one
+    block: fixed steps per block, so both runs take the same steps in the same order), how many
+    steps replayed a CUDA graph (none on the CPU), and the fraction of tokens equal to eager's."""
+    prompts = _prompts(model, batch, prompt)
+    options = {"graphs": True, "max_length": prompt + answer + block}
+    rows = []
+    for cache, attention in MODES:
+        if progress:
+            progress(f"graphs against eager, {cache} ({attention} attention), batch {batch}")
+        runs = _side_by_side({"eager": (model, {}), "graphs": (model, options)}, prompts, cache, attention, answer,
+                             block, steps, repeats)
+        eager_steps = runs["eager"][0]["steps"]
+        blocks = [i for i, (_, fwds) in enumerate(eager_steps) if len(fwds) == 1 and fwds[0][0].cached
+                  and fwds[0][0].queries == block]
+        ms = {k: 1e3 * statistics.median(r["seconds"] for r in v) for k, v in runs.items()}
+        step = {k: 1e3 * statistics.median(statistics.median(r["steps"][i][0] for i in blocks) for r in v)
+                for k, v in runs.items()} if blocks else {"eager": float("nan"), "graphs": float("nan")}
+        rows.append({"name": f"graphs {cache}", "cache": cache, "attention": attention, "batch": batch,
+                     "ms": ms["graphs"], "eager_ms": ms["eager"], "speedup": ms["eager"] / ms["graphs"],
+                     "step_ms": step["graphs"], "eager_step_ms": step["eager"], "block_steps": len(blocks),
+                     "replayed_steps": runs["graphs"][0]["replays"], "steps": len(eager_steps),
+                     "token_match": _agreement(runs["eager"][0]["tokens"], runs["graphs"][0]["tokens"])})
+    return rows
+
+
+def format_graphs(rows: list[dict]) -> str:
+    lines = ["| run | batch | graphs ms | eager ms | speedup | block step ms (graphs) | block step ms (eager) | "
+             "steps replayed | tokens equal to eager |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        lines.append(f"| {r['name']} | {r['batch']} | {r['ms']:.1f} | {r['eager_ms']:.1f} | {r['speedup']:.2f}x | "
+                     f"{r['step_ms']:.2f} | {r['eager_step_ms']:.2f} | {r['replayed_steps']} of {r['steps']} | "
+                     f"{r['token_match']:.3f} |")
     return "\n".join(lines)
