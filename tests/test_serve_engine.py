@@ -97,3 +97,24 @@ def test_a_request_admitted_while_others_decode_computes_only_its_block():
     while engine.busy:
         done.update((r.id, r) for r in engine.step())
     assert done[late].tokens == alone
+
+
+def test_a_server_with_graphs_gives_the_answers_of_one_without():
+    """`omnidlm serve --graphs` (block steps at bucket shapes; eager on the CPU): 12 concurrent
+    seeded chats, rows joining and leaving, answer as they do without graphs."""
+    examples = heldout(12)
+    bodies = [{"messages": m, "max_tokens": 48, "temperature": 0.5, "seed": i} for i, (m, _) in enumerate(examples)]
+    answers = {}
+    for graphs in (False, True):
+        app = create_app(omnidlm.load(MODEL), Tokenizer.from_file(MODEL), "text-tiny", max_batch=4,
+                         limits=Limits(max_tokens=96), graphs=graphs)
+        server, url = start_server(app)
+        try:
+            results = asyncio.run(send_all(url, bodies, concurrency=6))
+        finally:
+            server.should_exit = True
+        assert [status for status, _ in results] == [200] * 12
+        answers[graphs] = [r["choices"][0]["message"]["content"] for _, r in results]
+        engine = next(iter(app.state.scheduler.engines.values()))
+        assert (engine.graphs is not None) == graphs and engine.cache.static == graphs
+    assert answers[True] == answers[False]

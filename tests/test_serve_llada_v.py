@@ -57,3 +57,9 @@ def test_image_questions_match_the_published_sampler_alone_and_batched(served):
     assert {k: v.json()["choices"][0]["message"]["content"] for k, v in both.items()} == expected
     health = httpx.get(url + "/health").json()
     assert health["capabilities"] == ["text", "see"]
+
+
+def test_graphs_are_refused_for_a_server_that_samples_without_a_cache(served):
+    model, tokenizer, _ = served
+    with pytest.raises(ValueError, match="--graphs runs cached block steps; llada-v-tiny's server samples without a cache"):
+        create_app(model, tokenizer, "llada-v-tiny", graphs=True)

@@ -37,6 +37,8 @@ def register(sub) -> None:
                    help="comma-separated Host names the server answers, '*' for any (default: the bound host; "
                         "for a loopback bind 127.0.0.1, localhost and ::1; for 0.0.0.0 or :: any)")
     p.add_argument("--device", type=device, default="cpu", help="device to run on (default: cpu)")
+    p.add_argument("--graphs", action="store_true",
+                   help="block steps at fixed bucket shapes over a static cache, replayed as CUDA graphs on a GPU")
     p.set_defaults(func=run)
 
 
@@ -52,12 +54,12 @@ def allowed_hosts(host: str, flag: str | None) -> tuple[str, ...] | None:
     return LOOPBACK_HOSTS if host in LOOPBACK_HOSTS else (host, *LOOPBACK_HOSTS)
 
 
-def build_app(path: str, device: str, max_batch: int, max_queue: int, limits):
+def build_app(path: str, device: str, max_batch: int, max_queue: int, limits, graphs: bool = False):
     """The one app for the model at `path`, with the routes of the capabilities it has."""
     from ..serve.app import create_app
     from ..serve.backends import open_model
 
-    app = create_app(*open_model(path, device), Path(path).name, max_batch, max_queue, limits)
+    app = create_app(*open_model(path, device), Path(path).name, max_batch, max_queue, limits, graphs)
     return app, app.state.server.backend.capabilities
 
 
@@ -75,7 +77,7 @@ def run(args) -> int:
     limits = Limits(max_tokens=args.max_tokens, timeout_s=args.timeout, max_n=args.max_n,
                     max_block_length=args.max_block_length, max_image_steps=args.max_image_steps,
                     allowed_hosts=allowed_hosts(args.host, args.allowed_hosts))
-    app, capabilities = build_app(args.model, args.device, args.max_batch, args.max_queue, limits)
+    app, capabilities = build_app(args.model, args.device, args.max_batch, args.max_queue, limits, args.graphs)
     access = logging.getLogger("omnidlm.serve")
     access.setLevel(logging.INFO)
     handler = logging.StreamHandler(sys.stdout)

@@ -37,14 +37,17 @@ WEB_PAGE = Path(__file__).parent / "web" / "index.html"
 
 
 def create_app(model, tokenizer, name: str = "omnidlm", max_batch: int = 8, max_queue: int = 64,
-               limits: Limits | None = None) -> FastAPI:
+               limits: Limits | None = None, graphs: bool = False) -> FastAPI:
+    """`graphs`: the engines run block steps at bucket shapes, CUDA graphs on a GPU (sampling/graphs.py)."""
     from .image_routes import install_image_routes
 
     limits = limits or Limits()
     backend = backend_for(model, tokenizer)
+    if graphs and backend.engine_config(backend.engine_model.config.block_size).cache == "none":
+        raise ValueError(f"--graphs runs cached block steps; {name}'s server samples without a cache")
     app = FastAPI(title="omnidlm", version="0.1.0")
     app.state.scheduler = Scheduler(backend.engine_model, max_batch=max_batch, max_queue=max_queue,
-                                    engine_config=backend.engine_config)
+                                    engine_config=backend.engine_config, engine_options={"graphs": graphs})
     app.state.metrics = Metrics()
     server = Server(backend, name, app.state.scheduler, app.state.metrics, limits)
     app.state.server = server

@@ -107,10 +107,12 @@ class Ticket:
 
 
 class Scheduler:
-    def __init__(self, model, max_batch: int = 8, max_queue: int = 64, engine_config=None):
+    def __init__(self, model, max_batch: int = 8, max_queue: int = 64, engine_config=None,
+                 engine_options: dict | None = None):
         """`engine_config(block_length) -> SamplingConfig`: what stays per engine (default: the
-        cache of the model's attention)."""
+        cache of the model's attention); `engine_options`: more BatchEngine arguments (graphs)."""
         self.model, self.max_batch, self.max_queue = model, max_batch, max_queue
+        self.engine_options = engine_options or {}
         self.engine_config = engine_config or functools.partial(default_engine_config, model.config)
         self.block_size = model.config.block_size
         self.engines: dict[int, BatchEngine] = {}  # by block length; the model's own is kept
@@ -234,7 +236,8 @@ class Scheduler:
                 self.waiting.append((kind, request_id, prompt, settings))
                 return
             if block not in self.engines:
-                self.engines[block] = BatchEngine(self.model, self.engine_config(block), max_batch=self.max_batch)
+                self.engines[block] = BatchEngine(self.model, self.engine_config(block), max_batch=self.max_batch,
+                                                  **self.engine_options)
             prompt_ids, prefix = prompt
             request = Request(prompt_ids, settings.max_new_tokens, id=request_id, settings=settings.row(block),
                               seed=settings.seed, prefix=prefix)
