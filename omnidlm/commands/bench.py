@@ -16,10 +16,10 @@ tokens, speedup over the reference row); with `--json FILE` also writes
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
+from ..formats.io import write_json
 from .args import device, nonnegative_int, positive_float, positive_int, probability, shipped_model
 
 
@@ -117,7 +117,7 @@ def run(args) -> int:
     if args.json:
         meta = {"model": str(args.model), "n": args.n, "max_new_tokens": args.max_new_tokens,
                 "block_length": model.config.block_size, "threads": torch.get_num_threads(), "device": args.device}
-        Path(args.json).write_text(json.dumps({"rows": rows, **meta}, indent=2))
+        write_json(args.json, {"rows": rows, **meta})
     if args.plot:
         from ..eval.plots import tradeoff_png
 
@@ -134,7 +134,7 @@ def run_serve(model, tokenizer, args) -> int:
     print(f"server on loopback, model {args.model}, {args.n} requests per level, max_tokens {args.max_new_tokens}")
     print(format_table(rows))
     if args.json:
-        Path(args.json).write_text(json.dumps({"serve_rows": rows, "model": str(args.model)}, indent=2))
+        write_json(args.json, {"serve_rows": rows, "model": str(args.model)})
     return 0
 
 
@@ -154,7 +154,7 @@ def run_systems(args) -> int:
           f"{torch.get_num_threads()} thread(s)")
     print(format_systems(rows))
     if args.json:
-        Path(args.json).write_text(json.dumps({"systems": rows}, indent=2, default=str))
+        write_json(args.json, {"systems": rows})
     return 0
 
 
@@ -225,5 +225,5 @@ def run_shape(args) -> int:
             print(format_int8(q))
             out["int8"] = q
     if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2))
+        write_json(args.json, out)
     return 0

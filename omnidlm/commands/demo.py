@@ -17,11 +17,11 @@ and thinking prompts (`free_answers.png`) and reports the decoder's steps.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
+from ..formats.io import write_json
 from .args import finite_float, positive_int, probability, seed, shipped_model
 
 
@@ -240,7 +240,7 @@ def run_lladao(args, system) -> int:
     record = {"system": "lladao", "question": {k: v for k, v in q.items()},
               "drawing": {k: d[k] for k in ("accuracy", "n", "seconds_per_image", "diversity")},
               "drawing_predicted": d["predicted"].tolist(), "training": summary}
-    (out / "demo.json").write_text(json.dumps(record, indent=1, default=str) + "\n")
+    write_json(out / "demo.json", record)
     return 0
 
 

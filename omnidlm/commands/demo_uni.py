@@ -9,10 +9,10 @@ thinking-then-drawing and the decoder's steps.
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 
+from ..formats.io import write_json
 from .demo import grid_png, load_or_train, score_rows, show_table, system_dir
 from .args import shipped_model
 from ..systems import SYSTEMS
@@ -90,5 +90,5 @@ def run_uni(args) -> int:
               "drawing": {k: d[k] for k in ("accuracy", "n", "seconds_per_image", "decoder_steps", "diversity")},
               "edit": e, "interleaved": brief(pairs), "thinking": brief(thinking),
               "drawing_predicted": d["predicted"].tolist(), "training": summary}
-    (out / "demo.json").write_text(json.dumps(record, indent=1, default=str) + "\n")
+    write_json(out / "demo.json", record)
     return 0

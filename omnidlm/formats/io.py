@@ -151,8 +151,10 @@ def atomic_file(path: str | Path, write) -> None:
             os.unlink(tmp)
 
 
-def write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+def write_json(path: str | Path, data: dict) -> None:
+    """`data` as indented JSON (values JSON does not know as their str), written whole or not at all."""
+    text = json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
+    atomic_file(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def follow_umask(root: Path) -> None:

@@ -19,7 +19,6 @@ frozen VAE, which the text trainer (`train/trainer.py`) does not build. Steps:
 from __future__ import annotations
 
 import dataclasses
-import json
 import random
 import time
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from ..data import omni_batches as OB
 from ..data.char_tokenizer import build_char_tokenizer, special_ids
 from ..diffusion import flow
 from ..diffusion import masked as M
+from ..formats.io import write_json
 from ..models.latents import build_vae, encode_latents
 from ..models.lladao import LLaDAO, LLaDAOConfig
 from ..sequence.tokenizer import Tokenizer
@@ -320,5 +320,5 @@ def save_omni(model: LLaDAO, out: str | Path, summary: dict | None = None, overw
     path = save_lladao(model, out, overwrite=overwrite)
     Tokenizer(build_char_tokenizer()).save(path / "tokenizer.json")
     if summary is not None:
-        (path / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_json(path / "train_summary.json", summary)
     return path

@@ -37,6 +37,7 @@ from ..data import uni_batches as UB
 from ..data.char_tokenizer import build_char_tokenizer, special_ids
 from ..data.omni_batches import to_pixels
 from ..diffusion import masked as M
+from ..formats.io import write_json
 from ..sequence.tokenizer import Tokenizer
 from ..data.augment import random_affine
 from . import checkpoint as C
@@ -309,5 +310,5 @@ def save_uni_model(model, out: str | Path, summary: dict | None = None) -> Path:
 
     path = save_uni(model, out, tokenizer=Tokenizer(build_char_tokenizer()))
     if summary is not None:
-        (Path(path) / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        write_json(Path(path) / "train_summary.json", summary)
     return Path(path)
