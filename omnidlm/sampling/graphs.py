@@ -47,7 +47,7 @@ class StepGraphs:
         self.max_batch, self.block, self.width_step = max_batch, block, width_step
         self.capture = next(model.parameters()).device.type == "cuda" and _capturable(model)
         self.graphs: dict[tuple, _Graph] = {}
-        self.pool = None  # one memory pool for every bucket's graph (they never run at once)
+        self.pool = self.stream = None  # one memory pool and one capture stream for every bucket's graph
         self.replays = 0
 
     def bucket(self, rows: int, queries: int, width: int, length: int) -> tuple[int, int, int] | None:
@@ -93,17 +93,16 @@ class StepGraphs:
         """Warm up on a side stream (a step's writes into the cache are the same at every run of
         the same inputs), capture, -> the graph; None (and eager from now on) if capture fails."""
         inputs = tuple(t.clone() for t in tensors)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
+        if self.pool is None:  # warm-ups and captures on one stream: the per-stream library handles
+            self.pool, self.stream = torch.cuda.graph_pool_handle(), torch.cuda.Stream()  # exist before a capture
+        self.stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.stream):
             for _ in range(2):
                 fn(*inputs)
-        torch.cuda.current_stream().wait_stream(side)
-        if self.pool is None:
-            self.pool = torch.cuda.graph_pool_handle()
+        torch.cuda.current_stream().wait_stream(self.stream)
         graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
+            with torch.cuda.graph(graph, pool=self.pool, stream=self.stream, capture_error_mode="thread_local"):
                 output = fn(*inputs)
         except RuntimeError as error:  # a host read inside the step: this model's steps stay eager
             warnings.warn(f"CUDA graph capture failed, block steps run eagerly: {error}", RuntimeWarning, stacklevel=3)
