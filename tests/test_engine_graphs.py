@@ -83,6 +83,9 @@ def test_the_static_cache_never_moves_and_refuses_what_it_cannot_hold(text_tiny)
     assert [t.data_ptr() for t in engine.cache.k + engine.cache.v] == addresses
     with pytest.raises(ValueError, match="static cache holds 96 \\(max_length\\)"):
         engine.add(Request(list(range(1, 60))))  # 59 + 48 tokens: 112 positions in whole blocks
+    default = BatchEngine(text_tiny, _config("approx", "full"), max_batch=1, graphs=True)
+    longest = Request(list(range(1, 11)), max_new_tokens=text_tiny.config.max_seq_len - 10)
+    default.add(longest)  # every request the model takes fits, its canvas rounded up to whole blocks
     with pytest.raises(ValueError, match='needs SamplingConfig.cache "exact" or "approx"'):
         BatchEngine(text_tiny, _config("none", "full"), graphs=True)
 

@@ -112,7 +112,8 @@ class BatchEngine:
                  max_length: int | None = None):
         """`compile`: the forward through torch.compile; `graphs`: block steps at fixed bucket
         shapes, CUDA graphs on a GPU (sampling/graphs.py); `max_length`: a static cache of that
-        many positions per row, allocated once (default with `graphs`: the model's max_seq_len)."""
+        many positions per row, allocated once (default with `graphs`: room for any request the
+        model takes)."""
         self.model, self.max_batch, self.generator = model, max_batch, generator
         self.cfg = (config or SamplingConfig()).resolved(model.config)
         if graphs and self.cfg.cache == "none":
@@ -123,8 +124,8 @@ class BatchEngine:
         self.queue: list[Request] = []
         self._ids = itertools.count()
         self.tokens = torch.full((max_batch, 0), self.pad_id, dtype=torch.long, device=model.device)
-        if graphs and max_length is None:
-            max_length = model.config.max_seq_len
+        if graphs and max_length is None:  # whatever the model accepts, its canvas rounded up to whole blocks
+            max_length = model.config.max_seq_len + self.cfg.block_length - 1
         self.cache = None if self.cfg.cache == "none" else KVCache.for_model(
             model, max_batch, max_length or 0, static=max_length is not None)
         self.compiled = compile
