@@ -3,8 +3,8 @@
 On the CPU a bucket's step runs eagerly, so these tests check what a CUDA graph would replay: the
 padded rows, queries and key slots change no token of any request (rows joining and leaving, the
 exact and the approximate cache, a dense and a MoE model, SPRINT), every block step runs at a
-bucket's shapes, and the static cache never moves. The capture itself needs a GPU
-(scripts/gpu_bench.sh)."""
+bucket's shapes, the static cache never moves, and a bucket step reads nothing back to the host
+(it traces as one graph). The capture itself needs a GPU (scripts/gpu_bench.sh)."""
 
 import pytest
 import torch
@@ -30,11 +30,11 @@ def _config(cache, attention, **extra):
                           policy=Threshold(0.9, 4), stop_at_eos=False, **extra)
 
 
-def _run(model, cfg, graphs: bool, prompts=PROMPTS, max_batch: int = 4):
+def _run(model, cfg, graphs: bool, prompts=PROMPTS, max_batch: int = 4, width_step: int = WIDTH_STEP):
     """-> (tokens per request, (batch, queries, width) of every cached forward, the engine)."""
     engine = BatchEngine(model, cfg, max_batch=max_batch, graphs=graphs)
     if graphs:
-        engine.graphs.width_step = WIDTH_STEP  # several width buckets within text-tiny's answers
+        engine.graphs.width_step = width_step  # WIDTH_STEP: several width buckets within text-tiny's answers
     shapes = []
 
     def record(_module, args, kwargs):
@@ -96,3 +96,32 @@ def test_buckets_round_rows_queries_and_width_up():
     assert graphs.bucket(5, 20, 195, length=200) == (6, 32, 200)  # capped at max_batch and the cache length
     assert graphs.bucket(1, 33, 40, length=200) is None  # three blocks of queries: a prefill, eager
     assert not graphs.capture  # no CUDA device: steps run eagerly
+
+
+def test_a_bucket_step_reads_nothing_back_to_the_host(text_tiny, llada2_tiny, monkeypatch):
+    """What a CUDA graph needs of the step it captures, checked on the CPU: every bucket step traces
+    as ONE graph (torch.compile fullgraph=True, eager backend), which fails on any host read
+    (.item(), .tolist(), a branch on a tensor's value). The MoE dispatch reads its token counts
+    on the host, so its steps fail to trace: that is why `_capturable` keeps MoE models eager."""
+    traced = []
+
+    def run_traced(self, key, fn, *tensors):
+        traced.append(key)
+        return torch.compile(fn, fullgraph=True, backend="eager", dynamic=False)(*tensors)
+
+    monkeypatch.setattr(StepGraphs, "run", run_traced)
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 64)  # one trace per bucket and engine
+    torch._dynamo.reset()
+    try:
+        for cache, attention in (("exact", "block"), ("approx", "full")):  # two blocks of two steps
+            cfg = SamplingConfig(max_new_tokens=32, block_length=BL, attention=attention, cache=cache,
+                                 policy=Threshold(0.9, 2), stop_at_eos=False)
+            tokens, _, _ = _run(text_tiny, cfg, graphs=True, prompts=PROMPTS[:3], width_step=256)
+            assert tokens == _run(text_tiny, cfg, graphs=False, prompts=PROMPTS[:3])[0]
+        assert len(set(traced)) >= 2  # buckets of one and two blocks of queries
+        assert _capturable(text_tiny)
+        cfg = SamplingConfig(max_new_tokens=8, block_length=8, attention="block", cache="exact", policy=Threshold(0.3, 8))
+        with pytest.raises(Exception, match="tolist"):
+            _run(llada2_tiny, cfg, graphs=True, prompts=[list(range(1, 12))])
+    finally:
+        torch._dynamo.reset()
