@@ -68,10 +68,10 @@ def test_a_generation_records_the_shape_of_every_forward_it_ran():
     cache "exact" (block layout): [cached | block] forwards whose keys grow block by block."""
     model = shapes.random_model("llada-tiny")
     prompts = [list(range(3, 11))]  # 8 tokens: block 0 holds them with 8 masks
-    approx = generation.timed_generation(model, prompts, "approx", "full", answer=32, block=16, steps=4)
+    approx = generation.timed_generation(generation.generation_engine(model, "approx", "full", 1, 32, 16, 4), prompts)
     got = [(s.queries, s.keys, s.head, s.masked) for s in approx["forwards"]]
     assert got == ([(40, 40, 16, False)] + [(16, 40, 16, False)] * 3) * 2
-    exact = generation.timed_generation(model, prompts, "exact", "block", answer=32, block=16, steps=4)
+    exact = generation.timed_generation(generation.generation_engine(model, "exact", "block", 1, 32, 16, 4), prompts)
     got = [(s.queries, s.keys, s.masked) for s in exact["forwards"]]
     # block 0 (8 masks, 4 per step): 2 steps; blocks 1 and 2: the previous block's final keys then 3 block steps
     assert got == [(16, 16, False), (16, 16, False), (32, 32, True), (16, 32, False), (16, 32, False),

@@ -61,21 +61,24 @@ def record_forwards(model):
     return log, handles
 
 
-def _engine(model, cache: str, attention: str, batch: int, answer: int, block: int, steps: int, **options):
+def generation_engine(model, cache: str, attention: str, batch: int, answer: int, block: int, steps: int,
+                      **options) -> BatchEngine:
+    """The engine the rows time (fixed steps per block, no EOS stop), `BatchEngine(..., **options)`.
+    Repeats reuse one engine: its cache is grown (or its graphs captured) by the warm-up run."""
     cfg = SamplingConfig(max_new_tokens=answer, block_length=block, attention=attention, cache=cache,
                          policy=FixedSteps(steps), stop_at_eos=False)
     return BatchEngine(model, cfg, max_batch=batch, **options)
 
 
 @torch.no_grad()
-def timed_generation(model, prompts, cache: str, attention: str, answer: int, block: int, steps: int,
-                     **options) -> dict:
-    """One generation of `prompts` (one batch) through `BatchEngine(..., **options)`: total seconds,
-    and per step its seconds and the shape and seconds of the forwards it ran (a step replayed as a
-    CUDA graph runs no Python forward: it logs none)."""
-    engine = _engine(model, cache, attention, len(prompts), answer, block, steps, **options)
+def timed_generation(engine: BatchEngine, prompts) -> dict:
+    """One generation of `prompts` (one batch): total seconds, and per step its seconds and the
+    shape and seconds of the forwards it ran (a step replayed as a CUDA graph runs no Python
+    forward: it logs none)."""
+    model = engine.model
     log, handles = record_forwards(model)
     step_log, done = [], {}
+    replays = engine.graphs.replays if engine.graphs is not None else 0
     try:
         _sync(model.device)
         start = now()
@@ -91,7 +94,7 @@ def timed_generation(model, prompts, cache: str, attention: str, answer: int, bl
         for h in handles:
             h.remove()
     return {"seconds": total, "steps": step_log, "forwards": [s for s, _ in log], "tokens": [done[i] for i in ids],
-            "replays": engine.graphs.replays if engine.graphs is not None else 0}
+            "replays": engine.graphs.replays - replays if engine.graphs is not None else 0}
 
 
 def _ceilings(model, shapes, rounds: int = 3) -> dict[Shape, float]:
@@ -136,10 +139,11 @@ def bench_generation(model, batch: int = 1, prompt: int = 64, answer: int = 256,
     for cache, attention in MODES:
         if progress:
             progress(f"generation {cache} ({attention} attention), batch {batch}")
-        timed_generation(model, prompts, cache, attention, answer, block, steps)  # warm-up
+        engine = generation_engine(model, cache, attention, batch, answer, block, steps)
+        timed_generation(engine, prompts)  # warm-up
         reps = []
         for _ in range(repeats):
-            run = timed_generation(model, prompts, cache, attention, answer, block, steps)
+            run = timed_generation(engine, prompts)
             reps.append(_summary(run, _ceilings(model, set(run["forwards"])), block))
         rows += _rows(reps, cache, attention, batch)
     return rows
@@ -175,10 +179,12 @@ def _side_by_side(variants: dict, prompts, cache: str, attention: str, answer: i
                   repeats: int) -> dict[str, list[dict]]:
     """{name: (model, engine options)} -> {name: its timed generations}, alternating: one warm-up
     round, then `repeats` rounds in which every variant runs once (both see the same machine)."""
+    engines = {name: generation_engine(model, cache, attention, len(prompts), answer, block, steps, **options)
+               for name, (model, options) in variants.items()}
     runs = {name: [] for name in variants}
     for _ in range(repeats + 1):
-        for name, (model, options) in variants.items():
-            runs[name].append(timed_generation(model, prompts, cache, attention, answer, block, steps, **options))
+        for name, engine in engines.items():
+            runs[name].append(timed_generation(engine, prompts))
     return {name: r[1:] for name, r in runs.items()}
 
 
