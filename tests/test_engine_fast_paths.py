@@ -82,7 +82,44 @@ def test_fast_paths_give_the_tokens_of_the_general_paths(monkeypatch):
     begin = KVCache.begin
     monkeypatch.setattr(KVCache, "begin", lambda self, *a, starts=None, **k: begin(self, *a, **k))
     monkeypatch.setattr("omnidlm.sampling.rows.first_argmax", lambda x: x.argmax(-1))
-    mask = BatchEngine._mask  # always a mask (what a bucket's step passes)
-    monkeypatch.setattr(BatchEngine, "_mask", lambda self, *a, fixed=False: mask(self, *a, fixed=True))
+    plan = BatchEngine._plan  # always a mask (what a bucket's step passes)
+    monkeypatch.setattr(BatchEngine, "_plan", lambda self: {**plan(self), "dense": False})
     for (c, a), tokens in fast.items():
         assert tokens == _engine_tokens(model, c, a, prompts) + _engine_tokens(model, c, a, prompts[:1])
+
+
+def test_the_host_decides_mask_free_steps_exactly_as_the_mask_would(monkeypatch, llada2_tiny):
+    """plan["dense"] (decided from the plan on the host, no device read) is True exactly when the
+    step's mask would be all True: every cache mode and layout, unequal prompts, rows joining and
+    leaving, rows with their own lengths, SPRINT's compacted cache."""
+    from omnidlm.sampling.policies import Threshold
+    from omnidlm.sampling.sprint import Sprint
+
+    seen = []
+    plan_of, mask_of = BatchEngine._plan, BatchEngine._mask
+
+    def plan(self):
+        p = plan_of(self)
+        self._host_dense = p["dense"]
+        return {**p, "dense": False}  # every step builds its mask, to compare
+
+    def mask(self, *args):
+        m = mask_of(self, *args)
+        seen.append((self.__dict__.pop("_host_dense", False), bool(m.all())))
+        return m
+
+    monkeypatch.setattr(BatchEngine, "_plan", plan)
+    monkeypatch.setattr(BatchEngine, "_mask", mask)
+    model = random_model("llada-tiny")
+    prompts = [list(range(3, 12)), list(range(20, 41)), [5, 6], list(range(7, 40))]
+    for cache, attention in (("none", "full"), ("none", "block"), ("exact", "block"), ("approx", "full")):
+        cfg = SamplingConfig(max_new_tokens=40, block_length=16, attention=attention, cache=cache,
+                             policy=FixedSteps(4), stop_at_eos=False)
+        engine = BatchEngine(model, cfg, max_batch=2)
+        engine.run([Request(p, max_new_tokens=16 * (1 + i % 3)) for i, p in enumerate(prompts)])
+        engine.run([Request(prompts[0])])  # one row alone
+    sprint = SamplingConfig(max_new_tokens=24, block_length=8, attention="block", cache="exact",
+                            policy=Threshold(0.3, 8), sprint=Sprint(keep_text=0.5, warmup=1))
+    BatchEngine(llada2_tiny, sprint, max_batch=2).run([list(range(1, 35)), list(range(40, 51))])
+    assert all(host == full for host, full in seen), [s for s in seen if s[0] != s[1]][:5]
+    assert sum(host for host, _ in seen) > 20 and sum(not host for host, _ in seen) > 20  # both kinds seen

@@ -297,7 +297,7 @@ class BatchEngine:
         ends = [row.block for row in rows]  # their prompt blocks [0, block) (none for a row whose block is 0)
         q_pos = torch.arange(max(ends), device=dev).expand(len(rows), -1)
         valid = q_pos < torch.tensor(ends, device=dev)[:, None]
-        plan = {"shift": torch.tensor([row.shift for row in rows], device=dev), "starts": None, "length": None,
+        plan = {"shift": torch.tensor([row.shift for row in rows], device=dev), "starts": None, "length": None, "dense": False,
                 "rope": torch.tensor([row.rope for row in rows], device=dev),
                 "width": max(e - row.shift for e, row in zip(ends, rows))}
         self._forward(torch.where(valid, q_pos, 0), valid, plan, logits_at=q_pos.new_zeros(len(rows), 0), first=first)
@@ -320,15 +320,22 @@ class BatchEngine:
                 a, e = 0, canvas_end
             table.append([a, e, canvas_end - row.shift, row.block, row.step, row.prompt_len, row.end,
                           row.length, row.shift, row.rope])
-        cols = torch.tensor(table, device=self.tokens.device).unbind(1)
+        cols = torch.tensor(table)
+        if self.tokens.device.type == "cuda":  # pinned: the copy does not wait for the device
+            cols = cols.pin_memory()
         names = ("a", "e", "seen", "block", "step", "prompt_len", "end", "length", "shift", "rope")
-        plan = dict(zip(names, cols))
+        plan = dict(zip(names, cols.to(self.tokens.device, non_blocking=True).unbind(1)))
         plan["n_queries"] = max(r[1] - r[0] for r in table)
         plan["width"] = max(r[2] for r in table)
+        # (compiled: always the scatter and a mask, so that one graph serves every step)
+        unpadded = all(r[1] - r[0] == plan["n_queries"] for r in table) and not self.compiled
         # no row padded: every row writes the contiguous slots [a - shift, e - shift) (cache.begin)
-        # (compiled: always the scatter, so that one graph serves every step)
-        full = all(r[1] - r[0] == plan["n_queries"] for r in table) and not self.compiled
-        plan["starts"] = [r[0] - r[8] for r in table] if full else None
+        plan["starts"] = [r[0] - r[8] for r in table] if unpadded else None
+        # every query sees every key of slots [0, width), decided on the host (no device read): no
+        # padded query, every row's slots filled up to the width (a row's slots are always filled
+        # from 0 up to its `seen`), and with "block" attention only the current block queried
+        plan["dense"] = unpadded and all(r[2] == plan["width"] for r in table) and (
+            cfg.attention == "full" or all(r[0] == r[3] for r in table))
         return plan
 
     def _denoise(self):
@@ -373,40 +380,39 @@ class BatchEngine:
             k_pos = torch.where(valid, q_pos, -1)
             if any(row.prefix is not None for row in self.rows):
                 return PF.forward_with_prefix(self, tokens, q_pos, valid, k_pos, rope, plan)
-            return self._call(tokens, self._mask(q_pos, valid, k_pos, plan["length"]), rope, None, logits_at)
+            mask = None if plan["dense"] else self._mask(q_pos, valid, k_pos, plan["length"])
+            return self._call(tokens, mask, rope, None, logits_at)
         slots = torch.where(valid, q_pos - plan["shift"][:, None], self.cache.trash)
         if bucket is None:
             return self._cached(tokens, slots, q_pos, valid, rope, plan["length"], logits_at,
-                                width=plan["width"], first=first, starts=plan["starts"])
-        step = functools.partial(self._cached, width=plan["width"], fixed=True)
+                                width=plan["width"], first=first, starts=plan["starts"], dense=plan["dense"])
+        step = functools.partial(self._cached, width=plan["width"])  # always a mask: no host read inside
         return self.graphs.run(bucket, step, tokens, slots, q_pos, valid, rope, plan["length"], logits_at)[:n]
 
     def _cached(self, tokens, slots, q_pos, valid, rope, lengths, logits_at, width: int, first: int = 0,
-                starts=None, fixed: bool = False) -> torch.Tensor:
-        """A forward with the cache: write the queries' slots, attend over slots [0, width)."""
+                starts=None, dense: bool = False) -> torch.Tensor:
+        """A forward with the cache: write the queries' slots, attend over slots [0, width)
+        (`dense`: every query sees every one of them, so no mask)."""
         k_pos = self.cache.begin(slots, q_pos, width, first_row=first, starts=starts)  # (n, W)
-        return self._call(tokens, self._mask(q_pos, valid, k_pos, lengths, fixed=fixed), rope, self.cache, logits_at)
+        mask = None if dense else self._mask(q_pos, valid, k_pos, lengths)
+        return self._call(tokens, mask, rope, self.cache, logits_at)
 
     def _call(self, tokens, mask, rope, kv, logits_at) -> torch.Tensor:
         if logits_at is None:  # the reference's own call (no logits_at argument)
             return self.forward(tokens, attention_mask=mask, position_ids=rope, kv_cache=kv).logits
         return self.forward(tokens, attention_mask=mask, position_ids=rope, kv_cache=kv, logits_at=logits_at).logits
 
-    def _mask(self, q_pos, valid, k_pos, lengths, fixed: bool = False) -> torch.Tensor | None:
+    def _mask(self, q_pos, valid, k_pos, lengths) -> torch.Tensor:
         """(n, 1, Lq, W) True = may attend, from the positions of queries and key slots (-1: empty,
-        PREFIX_SLOT: a prefix token, before every canvas position)."""
+        PREFIX_SLOT: a prefix token, before every canvas position). A step whose queries see every
+        key passes no mask instead (plan["dense"]): SDPA gives the same bits, as the reference's
+        own call does."""
         key_ok = (k_pos != -1)[:, None, :]  # (n, 1, W)
         if self.cfg.attention == "block":
             bl = self.cfg.block_length
             ok = key_ok & (k_pos[:, None, :] // bl <= q_pos[:, :, None] // bl)  # (n, Lq, W)
         else:
             ok = (key_ok & (k_pos < lengths[:, None])[:, None, :]).expand(-1, q_pos.shape[1], -1)
-        if not (fixed or self.compiled) and bool(ok.all()):
-            # every query sees every key: full attention with no padding (the reference's own call),
-            # or a block step over its cached prefix; SDPA gives the same bits without a mask
-            # (compiled or a bucket's step: always a mask, so that one graph serves every step, and
-            # no host read inside a captured step)
-            return None
         pad = ~valid[:, :, None] & (torch.arange(k_pos.shape[1], device=k_pos.device) == 0)
         return (ok | pad)[:, None]  # padded queries see slot 0 (their output is dropped)
 

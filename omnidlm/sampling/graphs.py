@@ -69,7 +69,7 @@ class StepGraphs:
             return None, q_pos, valid, plan, logits_at
         (rows, queries, width), (n, Lq) = bucket, q_pos.shape
         grow, more = (0, queries - Lq, 0, rows - n), (0, rows - n)
-        plan = {**plan, "width": width, "starts": None,  # a captured step always scatters
+        plan = {**plan, "width": width, "starts": None, "dense": False,  # a captured step always scatters, masks
                 **{k: None if plan[k] is None else F.pad(plan[k], more) for k in ("shift", "rope", "length")}}
         return bucket, F.pad(q_pos, grow), F.pad(valid, grow), plan, F.pad(logits_at, (0, 0) + more)
 

@@ -178,13 +178,12 @@ def forward_with_prefix(engine, tokens, q_pos, valid, k_pos, rope, plan) -> torc
     P = pre["valid"].shape[1]
     x = torch.cat([pre["embeds"], engine.model.embed(tokens).to(pre["embeds"].dtype)], dim=1)  # (n, P + Lq, D)
     keys = torch.cat([torch.where(pre["valid"], PREFIX_SLOT, -1), k_pos], dim=1)  # (n, P + Lq)
-    canvas = engine._mask(q_pos, valid, keys, plan["length"])  # canvas queries over all keys
-    prefix_q = query_mask(pre, keys, plan["length"], engine.cfg.attention == "full")  # (n, P, P + Lq)
-    if canvas is None and bool(prefix_q.all()):
-        mask = None  # every token sees every token: LLaDA-o's chat(use_cache=False) call
+    full = engine.cfg.attention == "full"
+    if full and plan["dense"] and len({row.prefix.length for row in engine.rows}) == 1:
+        mask = None  # every token sees every token, none padded: LLaDA-o's chat(use_cache=False) call
     else:
-        if canvas is None:
-            canvas = torch.ones_like(keys, dtype=torch.bool)[:, None, None, :].expand(-1, 1, tokens.shape[1], -1)
+        canvas = engine._mask(q_pos, valid, keys, plan["length"])  # canvas queries over all keys
+        prefix_q = query_mask(pre, keys, plan["length"], full)  # (n, P, P + Lq)
         mask = torch.cat([prefix_q[:, None], canvas], dim=2)  # (n, 1, P + Lq, P + Lq)
     positions = torch.cat([pre["position_ids"], rope], dim=1)
     return engine.forward(None, inputs_embeds=x, attention_mask=mask, position_ids=positions).logits[:, P:]
