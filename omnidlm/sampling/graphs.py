@@ -2,8 +2,9 @@
 
 A decoding step of the exact or approximate cache computes one block of every row (the exact
 cache's [finished | next] block forward: two) against the cache. At batch 1-8 on a GPU such a step
-is a few milliseconds of kernels, and launching them one by one from Python costs about as much
-again (docs/benchmarks.md, "The GPU path"). So the engine pads each block step to a *bucket*:
+is a few milliseconds of kernels, hundreds of them, and launching each from Python is a large
+share of the step (docs/benchmarks.md, "The GPU path", says what is measured and what is not).
+So the engine pads each block step to a *bucket*:
 
 - rows: the next power of two (capped at the engine's `max_batch`); the extra rows are padding,
   their queries write the cache's trash slot and their logits are dropped;
