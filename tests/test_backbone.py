@@ -61,6 +61,43 @@ def test_grouped_query_attention_equals_repeated_heads():
         assert torch.allclose(gqa(x).logits, mha(x).logits, atol=1e-5)
 
 
+def published_rms_norm(norm, x):
+    """The published RMSNorm, op by op: float32 statistics, cast back, then the weight."""
+    x32 = x.float()
+    return norm.weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + norm.eps)).to(x.dtype)
+
+
+def published_rotate(rotary, x_BHLD, position_ids):
+    """The published rotary embedding in its (B, heads, L, D) layout: x * cos + rotate_half(x) * sin."""
+    freqs = position_ids.float()[..., None] * rotary.inv_freq
+    emb = torch.cat([freqs, freqs], dim=-1)[:, None]
+    cos, sin = emb.cos(), emb.sin()
+    R, half = rotary.rotary_dim, rotary.rotary_dim // 2
+    rot, rest = x_BHLD[..., :R].float(), x_BHLD[..., R:]
+    out = (rot * cos + torch.cat([-rot[..., half:], rot[..., :half]], dim=-1) * sin).to(x_BHLD.dtype)
+    return torch.cat([out, rest], dim=-1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_norm_and_rotary_give_the_published_bits(dtype):
+    """The one-call RMSNorm and the rotation in the (B, L, heads, D) layout with a pre-signed sin
+    (nn/layers.py) must equal the published sequences bit for bit, not merely closely."""
+    from omnidlm.nn.layers import RMSNorm, Rotary
+
+    g = torch.Generator().manual_seed(0)
+    for dim, rows in ((64, 7), (512, 32), (4096, 3)):
+        norm = RMSNorm(dim, 1e-5)
+        norm.weight.data = torch.randn(dim, generator=g)
+        x = (torch.randn(2, rows, dim, generator=g) * 3).to(dtype)
+        assert torch.equal(norm(x), published_rms_norm(norm, x))
+    for head_dim, rotary_dim in ((64, 64), (16, 8)):
+        rotary = Rotary(rotary_dim, 500000.0)
+        x = torch.randn(2, 37, 5, head_dim, generator=g).to(dtype)  # (B, L, heads, D)
+        pos = torch.randint(0, 4000, (2, 37), generator=g)
+        ours = rotary.rotate(x, *rotary.cos_sin(pos))
+        assert torch.equal(ours.transpose(1, 2), published_rotate(rotary, x.transpose(1, 2), pos))
+
+
 def test_block_causal_mask_matches_prefix_logits(llada2_tiny):
     """Under the block-causal mask a block's logits do not depend on any later block."""
     x = torch.randint(0, 380, (1, 24))

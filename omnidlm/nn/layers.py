@@ -17,7 +17,12 @@ from ..config import ModelConfig
 
 
 class RMSNorm(nn.Module):
-    """RMSNorm computed in float32, cast back before the weight (as LLaDA and LLaDA2.0 do)."""
+    """RMSNorm computed in float32, cast back before the weight (as LLaDA and LLaDA2.0 do).
+
+    `F.rms_norm` runs the published sequence, x * rsqrt(mean(x ** 2) + eps), as one call (the
+    same kernels, dispatched from C++), so it gives the same bits (tests/test_backbone.py); in
+    float32 it applies the weight too, where the cast back is a no-op.
+    """
 
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -25,13 +30,21 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
+        if x.dtype == self.weight.dtype == torch.float32:
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+        normed = F.rms_norm(x.float(), self.weight.shape, None, self.eps)
+        return self.weight * normed.to(x.dtype)
 
 
 class Rotary(nn.Module):
-    """Rotary position embedding on the first `rotary_dim` channels, rotated in float32."""
+    """Rotary position embedding on the first `rotary_dim` channels, rotated in float32.
+
+    Applied in the projection's own (B, L, heads, D) layout, so that the queries and keys of one
+    fused qkv output rotate in ONE set of kernels (`Attention.forward`). The rotation of the
+    published code, out = x * cos + cat(-x2, x1) * sin, is computed as x * cos + cat(x2, x1) *
+    sin_signed with sin_signed = cat(-sin1, sin2) made once per forward: (-a) * b and a * (-b) are
+    the same float, so the bits do not change and each layer saves a negation.
+    """
 
     def __init__(self, rotary_dim: int, theta: float):
         super().__init__()
@@ -40,17 +53,24 @@ class Rotary(nn.Module):
         self.rotary_dim = rotary_dim
 
     def cos_sin(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, L) positions -> cos, sin of shape (B, 1, L, rotary_dim), float32."""
+        """(B, L) positions -> cos, sin_signed of shape (B, L, 1, rotary_dim), float32."""
         freqs = position_ids.float()[..., None] * self.inv_freq  # (B, L, R/2)
-        emb = torch.cat([freqs, freqs], dim=-1)[:, None]  # (B, 1, L, R)
-        return emb.cos(), emb.sin()
-
-    def rotate(self, x_BHLD: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        rot, rest = x_BHLD[..., : self.rotary_dim].float(), x_BHLD[..., self.rotary_dim :]
+        # cos and sin over the whole (B, L, R) as published, not over (B, L, R/2) then repeated:
+        # a vectorised kernel may round its scalar tail differently
+        emb = torch.cat([freqs, freqs], dim=-1)
+        sin = emb.sin()
         half = self.rotary_dim // 2
-        rotated = torch.cat([-rot[..., half:], rot[..., :half]], dim=-1)
-        out = (rot * cos + rotated * sin).to(x_BHLD.dtype)
-        return torch.cat([out, rest], dim=-1) if rest.shape[-1] else out
+        return emb.cos()[:, :, None], torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)[:, :, None]
+
+    def rotate(self, x_BLHD: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
+        """Rotate (B, L, heads, D) by the `cos_sin` of its positions -> a new (B, L, heads, D) tensor."""
+        R, half = self.rotary_dim, self.rotary_dim // 2
+        full = R == x_BLHD.shape[-1]
+        rot = (x_BLHD if full else x_BLHD[..., :R]).float()
+        out = rot * cos
+        out += torch.cat([rot[..., half:], rot[..., :half]], dim=-1) * sin_signed
+        out = out.to(x_BLHD.dtype)
+        return out if full else torch.cat([out, x_BLHD[..., R:]], dim=-1)
 
 
 def routed(x: torch.Tensor, route: torch.Tensor | None, und: nn.Module, gen: nn.Module | None) -> torch.Tensor:
@@ -92,19 +112,18 @@ class Attention(nn.Module):
 
     def forward(self, x_BLD, rotary: Rotary, cos, sin, mask_B1QK=None, kv_cache=None, route=None, twin=None):
         B, L, _ = x_BLD.shape
-        qkv = routed(x_BLD, route, self.qkv, _twin(twin, "qkv"))
-        q, k, v = qkv.view(B, L, self.n_heads + 2 * self.kv_heads, self.head_dim).split(
-            [self.n_heads, self.kv_heads, self.kv_heads], dim=2)  # (B, L, heads, D)
-        if self.q_norm is not None:
-            q = routed(q, route, self.q_norm, _twin(twin, "q_norm"))
-            k = routed(k, route, self.k_norm, _twin(twin, "k_norm"))
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, L, D)
-        q, k = rotary.rotate(q, cos, sin), rotary.rotate(k, cos, sin)
+        H, KV = self.n_heads, self.kv_heads
+        qkv = routed(x_BLD, route, self.qkv, _twin(twin, "qkv")).view(B, L, H + 2 * KV, self.head_dim)
+        if self.q_norm is None:  # queries and keys rotate together, as one (B, L, H + KV, D) tensor
+            q, k = rotary.rotate(qkv[:, :, : H + KV], cos, sin).split([H, KV], dim=2)
+        else:
+            q, k = qkv[:, :, :H], qkv[:, :, H : H + KV]
+            q = rotary.rotate(routed(q, route, self.q_norm, _twin(twin, "q_norm")), cos, sin)
+            k = rotary.rotate(routed(k, route, self.k_norm, _twin(twin, "k_norm")), cos, sin)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), qkv[:, :, H + KV :].transpose(1, 2)  # (B, heads, L, D)
         if kv_cache is not None:
             k, v = kv_cache.attend_kv(self.layer_idx, k, v)  # cached slots, the new ones written in
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask_B1QK, enable_gqa=self.kv_heads != self.n_heads
-        )  # (B, H, L, D)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_B1QK, enable_gqa=KV != H)  # (B, H, L, D)
         return routed(out.transpose(1, 2).reshape(B, L, -1), route, self.o_proj, _twin(twin, "o_proj"))
 
 
