@@ -147,10 +147,12 @@ def model_forward(model: Backbone, s: Shape):
     mask = _mask(s, dev)
     cache = KVCache.for_model(model, s.batch, s.keys) if s.cached else None
 
+    starts = [s.keys - s.queries] * s.batch  # every row's slots are contiguous: the engine's slice copies
+
     @torch.no_grad()
     def run():
         if cache is not None:
-            cache.begin(positions, positions, s.keys)
+            cache.begin(positions, positions, s.keys, starts=starts)
         at = None if s.head == s.queries else head_at
         return model(tokens, attention_mask=mask, position_ids=positions, kv_cache=cache, logits_at=at)
 
@@ -181,10 +183,10 @@ def ceiling_parts(model: Backbone, s: Shape) -> list[tuple[int, float, object]]:
         x, w = torch.randn(rows, d_in, device=dev, dtype=dt), torch.randn(d_out, d_in, device=dev, dtype=dt)
         parts.append((count, 2.0 * rows * d_in * d_out, lambda x=x, w=w: F.linear(x, w)))
     q = torch.randn(s.batch, cfg.n_heads, s.queries, cfg.head_size, device=dev, dtype=dt)
-    k = torch.randn(s.batch, cfg.kv_heads, s.keys, cfg.head_size, device=dev, dtype=dt)
+    k, v = (torch.randn(s.batch, cfg.kv_heads, s.keys, cfg.head_size, device=dev, dtype=dt) for _ in range(2))
     mask, gqa = _mask(s, dev), cfg.kv_heads != cfg.n_heads
     flops = 4.0 * s.batch * cfg.n_heads * s.queries * s.keys * cfg.head_size
-    parts.append((cfg.n_layers, flops, lambda: F.scaled_dot_product_attention(q, k, k, attn_mask=mask, enable_gqa=gqa)))
+    parts.append((cfg.n_layers, flops, lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)))
     return parts
 
 
