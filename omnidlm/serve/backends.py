@@ -51,7 +51,7 @@ class TextBackend:
 
     def __init__(self, model, tokenizer, system):
         self.model, self.tokenizer, self.system = model, tokenizer, system
-        self.engine_model = model
+        self.engine_model, self.codec = model, tokenizer  # codec: what decodes answer ids (omni: its prompt codec)
         self.capabilities: tuple[str, ...] = ("text",)
 
     @property
@@ -76,8 +76,11 @@ class TextBackend:
         return Prompt(self.tokenizer.encode(text))
 
     def decode(self, tokens: list[int]) -> str:
+        return self.codec.decode(self.without_eos(tokens))
+
+    def without_eos(self, tokens: list[int]) -> list[int]:
         eos = self.config.eos_id
-        return self.tokenizer.decode([t for t in tokens if t != eos])
+        return [t for t in tokens if t != eos]
 
     def draw_size(self) -> int | None:
         """The side in pixels of the images the model draws (None: it does not draw)."""
@@ -99,7 +102,14 @@ class TextBackend:
         return self.draw(prompt, n, seed, None, None, image=image)
 
 
-class UniBackend(TextBackend):
+class SeeingBackend(TextBackend):
+    """A system that sees: a completion's prompt is a chat of one user turn (the system's template)."""
+
+    def completion_prompt(self, text: str) -> Prompt:
+        return self.chat_prompt([{"role": "user", "content": text}], [])
+
+
+class UniBackend(SeeingBackend):
     """LLaDA2.0-Uni: one sequence of text ids and image codes, answered by the backbone."""
 
     def __init__(self, model, tokenizer, system):
@@ -122,26 +132,17 @@ class UniBackend(TextBackend):
         ban = (self.config.mask_id,) if interleave else _text_ban(self.model)
         return Prompt(self.codec.user(question, codes), ban, interleave)
 
-    def completion_prompt(self, text: str) -> Prompt:
-        return self.chat_prompt([{"role": "user", "content": text}], [])
-
-    def decode(self, tokens: list[int]) -> str:
-        eos = self.config.eos_id
-        return self.codec.decode([t for t in tokens if t != eos])
-
     def answer_parts(self, tokens: list[int]) -> tuple[str, list[np.ndarray]]:
         """An interleaved answer -> its text ("[image]" where each image stands) and the images."""
         from ..sampling.uni import answer_parts
 
-        eos = self.config.eos_id
-        return answer_parts(self.model, self.tokenizer, [t for t in tokens if t != eos])
+        return answer_parts(self.model, self.tokenizer, self.without_eos(tokens))
 
     def draw_size(self) -> int | None:
         return self.model.decoder.image_size if self.model.decoder is not None else None
 
 
-
-class LLaDAOBackend(TextBackend):
+class LLaDAOBackend(SeeingBackend):
     """LLaDA-o: the image question [head | image | question, header] is the request's prefix
     (`sampling/omni.py`), prefilled once; answers decode in block-causal blocks on the engine, so
     image questions batch with each other. The prefix is deferred: its ViT features are computed
@@ -170,20 +171,13 @@ class LLaDAOBackend(TextBackend):
         sample = question_samples(self.model, self.tokenizer, [images[-1] if images else None], [question])[0]
         return Prompt([], self.ban_ids, prefix=Deferred(self.prefixes, sample, len(sample[1])))
 
-    def completion_prompt(self, text: str) -> Prompt:
-        return self.chat_prompt([{"role": "user", "content": text}], [])
-
-    def decode(self, tokens: list[int]) -> str:
-        eos = self.config.eos_id
-        return self.codec.decode([t for t in tokens if t != eos])
-
     def draw_size(self) -> int:
         from ..sampling.omni import model_image_size
 
         return model_image_size(self.model)
 
 
-class LLaDAVBackend(TextBackend):
+class LLaDAVBackend(SeeingBackend):
     """LLaDA-V: its prompt with one -200 per image, embedded (anyres features) into the prefix."""
 
     image_mode = "RGB"
@@ -204,9 +198,6 @@ class LLaDAVBackend(TextBackend):
         ids = self.V.prompt_ids(self.tokenizer, question, len(images))
         prefix = self.V.request(self.model, ids, images, 1).prefix
         return Prompt([], self.V.banned_ids(self.tokenizer), prefix=prefix)
-
-    def completion_prompt(self, text: str) -> Prompt:
-        return self.chat_prompt([{"role": "user", "content": text}], [])
 
     def decode(self, tokens: list[int]) -> str:
         return self.V.answer_text(self.tokenizer, tokens)

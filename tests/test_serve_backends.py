@@ -1,6 +1,8 @@
-"""The server's and `omnidlm chat`'s default sampling settings are the registry spec's (one source):
-a request that gives no threshold decodes at `System.threshold()` of the model's system, and a spec
-with another threshold (or fixed steps) changes what the server decodes with."""
+"""What every backend shares (`serve/backends.py`): the default sampling settings are the registry
+spec's (one source): a request that gives no threshold decodes at `System.threshold()` of the model's
+system, and a spec with another threshold (or fixed steps) changes what the server decodes with; an
+answer decodes without its EOS ids through the system's codec; a completion of a system that sees is
+a chat of one user turn."""
 
 import dataclasses
 from pathlib import Path
@@ -49,3 +51,18 @@ def test_a_request_without_threshold_gets_the_specs(monkeypatch):
     monkeypatch.setattr(server.backend, "system", dataclasses.replace(server.backend.system,
                                                                       sampling={"policy": "fixed"}))
     assert server.settings(body(), Prompt([1, 2]), "messages").threshold is None  # fixed steps per block
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_answers_decode_without_eos_and_completions_are_one_turn_chats(name):
+    model, tokenizer = open_model(str(MODELS[name]))
+    backend = backend_for(model, tokenizer)
+    ids = backend.completion_prompt("What digit is shown?").ids or tokenizer.encode("What digit")
+    eos = backend.config.eos_id
+    assert backend.decode(ids + [eos, eos]) == backend.decode(ids) == backend.codec.decode(ids)
+    completion = backend.completion_prompt("What digit is shown?")
+    chat = backend.chat_prompt([{"role": "user", "content": "What digit is shown?"}], [])
+    if "see" in backend.capabilities:
+        assert (completion.ids, completion.ban_ids, completion.length) == (chat.ids, chat.ban_ids, chat.length)
+    else:  # a text system completes the raw text
+        assert completion.ids == tokenizer.encode("What digit is shown?") != chat.ids
