@@ -141,3 +141,20 @@ def test_uni_drawing_guidance_is_one_constant():
     for fn in (image.sample_codes, image.draw_uni, image.edit_uni, uni_digits.drawing_accuracy):
         assert inspect.signature(fn).parameters["cfg"].default == scale, fn.__name__
     assert scale == 3.0  # the scale its drawings are measured at ("CFG 3", models/uni-digits/README.md)
+
+
+def test_lladao_drawing_and_answer_defaults_are_the_specs():
+    """LLaDA-o's 30 Euler steps, CFG 4 and threshold 0.95: the spec's, the digits eval's and the
+    published inferencer's (FlowSettings) defaults agree, and `omnidlm demo` takes the spec's."""
+    import inspect
+
+    from omnidlm.eval import omni_digits
+    from omnidlm.sampling.image import FlowSettings
+
+    spec = systems.SYSTEMS["lladao"]
+    drawing = inspect.signature(omni_digits.drawing_accuracy).parameters
+    assert (drawing["steps"].default, drawing["cfg"].default) == (spec.sampling["draw_steps"], spec.sampling["cfg"])
+    assert inspect.signature(omni_digits.question_accuracy).parameters["threshold"].default == spec.threshold()
+    published = FlowSettings()
+    assert (published.num_timesteps - 1, published.cfg_text_scale) == (spec.sampling["draw_steps"], spec.sampling["cfg"])
+    assert (spec.sampling["draw_steps"], spec.sampling["cfg"], spec.threshold()) == (30, 4.0, 0.95)

@@ -52,8 +52,10 @@ def register(sub) -> None:
     p.add_argument("--all", action="store_true", help="every held-out digit and 10 drawings per digit")
     p.add_argument("--steps", type=positive_int, default=None,
                    help="Euler steps per drawing (default: lladao 30; uni 8, the distilled decoder)")
-    p.add_argument("--cfg", type=finite_float, default=4.0, help="text CFG scale of the drawings")
-    p.add_argument("--threshold", type=probability, default=0.95, help="confidence threshold of the answers")
+    p.add_argument("--cfg", type=finite_float, default=None, help="lladao: text CFG scale of the drawings "
+                   "(default: the system's, 4)")
+    p.add_argument("--threshold", type=probability, default=None, help="lladao: confidence threshold of the "
+                   "answers (default: the system's, 0.95)")
     p.add_argument("--seed", type=seed, default=0)
     p.set_defaults(func=run)
 
@@ -216,6 +218,8 @@ def run_lladao(args, system) -> int:
     (model, tok), summary, model_dir = load_or_train(args, train_omni, digits_lladao,
                                                      "VAE, then the omni model")
     args.steps = args.steps or system.sampling["draw_steps"]
+    args.cfg = args.cfg if args.cfg is not None else system.sampling["cfg"]
+    args.threshold = args.threshold if args.threshold is not None else system.threshold()
     out = system_dir(args)
     limit, per_digit = (None, 10) if args.all else (args.questions, args.per_digit)
     from tqdm.auto import tqdm

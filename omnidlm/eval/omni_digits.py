@@ -20,6 +20,7 @@ from ..sampling import omni as O
 from ..sampling.engine import SamplingConfig
 from ..sampling.omni import understand
 from ..sampling.policies import FixedSteps
+from ..systems.lladao import CFG, DRAW_STEPS, THRESHOLD
 from .judge import DigitJudge
 
 
@@ -32,7 +33,7 @@ def heldout_subset(limit: int | None, seed: int = 0) -> list[int]:
     return idx
 
 
-def question_accuracy(model, tokenizer, limit: int | None = None, seed: int = 0, threshold: float = 0.95,
+def question_accuracy(model, tokenizer, limit: int | None = None, seed: int = 0, threshold: float = THRESHOLD,
                       kinds=("word",), progress=None) -> dict:
     """"What digit is shown?" (and other kinds) on held-out digits -> accuracy, length error, timing."""
     images, labels = digit_images("heldout", 32)
@@ -54,7 +55,7 @@ def question_accuracy(model, tokenizer, limit: int | None = None, seed: int = 0,
             "seconds_per_answer": float(np.mean(seconds)), "rows": rows}
 
 
-def drawing_accuracy(model, tokenizer, per_digit: int = 3, seed: int = 0, steps: int = 30, cfg: float = 4.0,
+def drawing_accuracy(model, tokenizer, per_digit: int = 3, seed: int = 0, steps: int = DRAW_STEPS, cfg: float = CFG,
                      progress: bool = False) -> dict:
     """Draw `per_digit` images of every digit from "a handwritten digit N"; judge them with the SVC."""
     start = time.time()

@@ -21,7 +21,7 @@ def lladao_row(path: str, n: int, per_digit: int) -> dict:
     loaded = systems.open(path)
     model, tok = loaded.model, loaded.tokenizer
     q = E.question_accuracy(model, tok, n)
-    d = E.drawing_accuracy(model, tok, per_digit, steps=30)
+    d = E.drawing_accuracy(model, tok, per_digit)
     r = E.recompute_comparison(model, tok, limit=n)
     return {"system": "lladao", "model": path, "question_accuracy": q["accuracy"], "drawing_accuracy": d["accuracy"],
             "diversity": E.sample_diversity(d["images"], d["labels"]), "edit_accuracy": None,

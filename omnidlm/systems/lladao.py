@@ -10,6 +10,12 @@ from __future__ import annotations
 
 from .tasks import Drawing, Drawn, Question, image_as
 
+# the spec's defaults (`sampling`), what the digits models' accuracies are measured at
+# (models/lladao-digits/README.md); eval/omni_digits.py and `omnidlm demo` default to them too
+THRESHOLD = 0.95  # an answer commits every token at least this confident
+DRAW_STEPS = 30  # Euler steps of a drawing (grid points: 31, the published inferencer's default)
+CFG = 4.0  # text CFG of a drawing (the published inferencer's default)
+
 # the options `omnidlm draw` / `edit` may hand `draw` (flag dests; commands/draw.py defines the flags)
 DRAW_OPTIONS = ("steps", "cfg", "img_cfg", "prompt_ids", "height", "width", "num_timesteps", "cfg_interval",
                 "timestep_shift", "cfg_renorm_min", "cfg_renorm_type", "init_noise", "save_latent")

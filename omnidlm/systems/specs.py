@@ -175,7 +175,7 @@ SYSTEMS: dict[str, System] = {s.name: s for s in [
            "llm_config.json + ema.safetensors (or its index) [+ vit_config.json, ae.safetensors, ae_params.json]",
            _is_lladao, _load_lladao, _save_lladao, lambda m: _lladao_model(m, llada_v=False),
            ("digits-lladao", "digits-lladao-tiny"),
-           _settings(block_length=32, threshold=0.95, draw_steps=30, cfg=4.0),
+           _settings(block_length=32, threshold=lladao.THRESHOLD, draw_steps=lladao.DRAW_STEPS, cfg=lladao.CFG),
            answer=lladao.answer, draw=lladao.draw, draw_options=lladao.DRAW_OPTIONS, shipped="lladao-digits"),
     System("uni", "LLaDA2.0-Uni", frozenset({"text", "see", "draw", "edit", "interleave"}),
            "config.json with 'image_token_offset' + model.safetensors + image_tokenizer/ [+ decoder/]",
