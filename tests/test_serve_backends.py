@@ -5,6 +5,7 @@ answer decodes without its EOS ids through the system's codec; a completion of a
 a chat of one user turn."""
 
 import dataclasses
+import functools
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,12 @@ MODELS = {"llada": ROOT / "models" / "text-tiny", "lladao": ROOT / "models" / "l
           "uni": ROOT / "models" / "uni-digits", "llada-v": FIXTURES / "llada-v-tiny"}
 
 
+@functools.cache
+def backend_of(name: str):
+    """The backend of MODELS[name] (loaded once for the tests of this file)."""
+    return backend_for(*open_model(str(MODELS[name])))
+
+
 def test_every_system_states_the_threshold_it_is_served_at():
     assert {name: s.threshold() for name, s in systems.SYSTEMS.items()} == SERVED
     fixed = dataclasses.replace(systems.SYSTEMS["llada"], sampling={"policy": "fixed", "threshold": 0.9})
@@ -32,8 +39,8 @@ def test_every_system_states_the_threshold_it_is_served_at():
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_the_backend_decodes_at_its_systems_threshold(name):
-    model, tokenizer = open_model(str(MODELS[name]))
-    backend = backend_for(model, tokenizer)
+    backend = backend_of(name)
+    model, tokenizer = backend.model, backend.tokenizer
     assert backend.system is systems.SYSTEMS[name]
     assert backend.default_threshold == SERVED[name]
     for sampling in ({"policy": "threshold", "threshold": 0.5}, {"policy": "fixed", "threshold": 0.5}):
@@ -55,8 +62,8 @@ def test_a_request_without_threshold_gets_the_specs(monkeypatch):
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_answers_decode_without_eos_and_completions_are_one_turn_chats(name):
-    model, tokenizer = open_model(str(MODELS[name]))
-    backend = backend_for(model, tokenizer)
+    backend = backend_of(name)
+    tokenizer = backend.tokenizer
     ids = backend.completion_prompt("What digit is shown?").ids or tokenizer.encode("What digit")
     eos = backend.config.eos_id
     assert backend.decode(ids + [eos, eos]) == backend.decode(ids) == backend.codec.decode(ids)
