@@ -26,6 +26,7 @@ TEXT = ROOT / "models" / "text-tiny"
     (A.seed, ["-1", str(2**64)], {"0": 0, str(2**64 - 1): 2**64 - 1}),
     (A.int_in(1, 16), ["0", "17"], {"16": 16}),
     (A.token_ids, ["1,x", "", " , ", "[]", "1.5"], {"1,2,-200,3": [1, 2, -200, 3], "[1, 2 3]": [1, 2, 3], "7": [7]}),
+    (A.positive_ints, ["1,x", "", "0", "1,-8", "1.5"], {"1,8": [1, 8], "256 512": [256, 512]}),
 ])
 def test_types_refuse_bad_values(kind, bad, good):
     import argparse
@@ -52,6 +53,8 @@ def test_types_refuse_bad_values(kind, bad, good):
     (["generate", "--model", TEXT, "--prompt-ids", "1,x"], "--prompt-ids"),
     (["ask", "--model", TEXT, "--prompt-ids", "1;2"], "--prompt-ids"),
     (["draw", "--prompt-ids", ""], "--prompt-ids"),
+    (["bench", "--shape", "llada-tiny", "--random-weights", "--batch-sizes", "1,0"], "--batch-sizes"),
+    (["bench", "--shape", "llada-tiny", "--random-weights", "--gen-lengths", "256,x"], "--gen-lengths"),
 ])
 def test_bad_flags_stop_at_parse_time_naming_the_flag(argv, flag, capsys):
     with pytest.raises(SystemExit) as stop:

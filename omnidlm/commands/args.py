@@ -89,17 +89,30 @@ def probability(text: str) -> float:
     return _checked(text, float, lambda v: 0.0 <= v <= 1.0, "in [0, 1]")
 
 
+def _integers(text: str) -> list[int]:
+    """Integers separated by commas and / or spaces, optionally in brackets ("1,2,3", "[1, 2, 3]")."""
+    parts = [p for p in re.split(r"[\s,]+", text.strip().strip("[]")) if p]
+    try:
+        return [int(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated integers, got {text!r}") from None
+
+
 def token_ids(text: str) -> list[int]:
     """Token ids, `--prompt-ids` of every command: integers separated by commas and / or spaces,
     optionally in brackets ("1,2,-200,3", "[1, 2, 3]"); -200 is LLaDA-V's image placeholder."""
-    parts = [p for p in re.split(r"[\s,]+", text.strip().strip("[]")) if p]
-    try:
-        ids = [int(p) for p in parts]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be comma-separated integers, got {text!r}") from None
+    ids = _integers(text)
     if not ids:
         raise argparse.ArgumentTypeError(f"must hold at least one token id, got {text!r}")
     return ids
+
+
+def positive_ints(text: str) -> list[int]:
+    """A list of positive integers, e.g. `bench --batch-sizes 1,8`."""
+    values = _integers(text)
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"must be comma-separated positive integers, got {text!r}")
+    return values
 
 
 def port(text: str) -> int:

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from ..formats.io import write_json
-from .args import device, nonnegative_int, positive_float, positive_int, probability, shipped_model
+from .args import device, nonnegative_int, positive_float, positive_int, positive_ints, probability, shipped_model
 
 
 def register(sub) -> None:
@@ -53,7 +53,7 @@ def register(sub) -> None:
                    help="time the forward kinds of a named shape (e.g. llada-60m, llada-8b) against their ceiling")
     p.add_argument("--random-weights", action="store_true", help="--shape: build the model with random weights")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="--shape: weight dtype")
-    p.add_argument("--batch-sizes", default="1", metavar="LIST", help="--shape: batch sizes, e.g. 1,8")
+    p.add_argument("--batch-sizes", type=positive_ints, default=[1], metavar="LIST", help="--shape: batch sizes, e.g. 1,8")
     p.add_argument("--prompt-length", type=positive_int, default=64, help="--shape: prompt tokens")
     p.add_argument("--gen-length", type=positive_int, default=256, help="--shape: answer tokens")
     p.add_argument("--block-length", type=positive_int, default=32, help="--shape: block length")
@@ -62,9 +62,9 @@ def register(sub) -> None:
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                    help="--shape: wall-clock time, or the thread's CPU time (steadier on a shared machine; "
                         "one thread on the CPU only)")
-    p.add_argument("--gen-lengths", default=None, metavar="LIST",
+    p.add_argument("--gen-lengths", type=positive_ints, default=None, metavar="LIST",
                    help="--shape: ms per generated token for cache none/exact/approx at these answer lengths")
-    p.add_argument("--prompt-lengths", default="64", metavar="LIST", help="--shape: prompt lengths of --gen-lengths")
+    p.add_argument("--prompt-lengths", type=positive_ints, default=[64], metavar="LIST", help="--shape: prompt lengths of --gen-lengths")
     p.add_argument("--device", type=device, default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--sweep", type=sweep, default=None, metavar="KEY=V1,V2,...",
                    help="instead of the policy x cache grid, one fast threshold row per value of threshold "
@@ -159,16 +159,6 @@ def run_systems(args) -> int:
 
 
 
-def _ints(text: str, flag: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise ValueError(f"{flag}: expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) <= 0:
-        raise ValueError(f"{flag}: expected positive integers, got {text!r}")
-    return values
-
-
 def run_shape(args) -> int:
     import torch
 
@@ -192,23 +182,23 @@ def run_shape(args) -> int:
     out = {"shape": args.shape, "dtype": args.dtype, "device": args.device, "threads": torch.get_num_threads(),
            "clock": args.clock, "config": cfg.to_dict()}
     if args.gen_lengths:
-        rows = cost_growth(model, _ints(args.gen_lengths, "--gen-lengths"), _ints(args.prompt_lengths, "--prompt-lengths"),
+        rows = cost_growth(model, args.gen_lengths, args.prompt_lengths,
                            args.block_length, args.steps, max(1, args.repeats // 2), log)
         print(format_growth(rows))
         out["growth"] = rows
     else:
-        result = bench_shapes(model, _ints(args.batch_sizes, "--batch-sizes"), args.prompt_length, args.gen_length,
+        result = bench_shapes(model, args.batch_sizes, args.prompt_length, args.gen_length,
                               args.block_length, args.repeats, log)
         print(format_kinds(result))
         out.update(result)
-        gen = [row for b in _ints(args.batch_sizes, "--batch-sizes")
+        gen = [row for b in args.batch_sizes
                for row in bench_generation(model, b, args.prompt_length, args.gen_length, args.block_length,
                                            args.steps, max(1, args.repeats // 2), log)]
         print(f"\nwhole generations ({args.steps} steps per block, fixed steps, no EOS stop):")
         print(format_generation(gen))
         out["generation"] = gen
         if args.graphs:
-            g = [row for b in _ints(args.batch_sizes, "--batch-sizes")
+            g = [row for b in args.batch_sizes
                  for row in bench_graphs(model, b, args.prompt_length, args.gen_length, args.block_length,
                                          args.steps, max(1, args.repeats // 2), log)]
             print("\nblock steps at bucket shapes (graphs=True) against eager, whole generations:")
@@ -218,7 +208,7 @@ def run_shape(args) -> int:
             from ..nn.quantize import quantize_int8
 
             int8 = quantize_int8(model)
-            q = [row for b in _ints(args.batch_sizes, "--batch-sizes")
+            q = [row for b in args.batch_sizes
                  for row in bench_int8(model, int8, b, args.prompt_length, args.gen_length, args.block_length,
                                        args.steps, max(1, args.repeats // 2), log)]
             print("\nweight-only int8 against float, whole generations:")
