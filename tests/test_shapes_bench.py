@@ -79,6 +79,18 @@ def test_a_generation_records_the_shape_of_every_forward_it_ran():
     assert len(exact["steps"]) == len(exact["forwards"]) and exact["seconds"] > 0
 
 
+def test_block_steps_count_the_median_step_of_each_shape_and_keep_the_sum():
+    """A step slowed 10x (another process) moves the sum, not the median: per shape, count x median."""
+    a, b = (generation.Shape("forward", 1, 16, keys, 16, True, False) for keys in (40, 48))
+    refresh = generation.Shape("forward", 1, 40, 40, 16, True, False)
+    steps = [(0.5, [(refresh, 0.4)])] + [(0.2, [(a, 0.1)])] * 2 + [(2.0, [(a, 1.0)])] + [(0.3, [(b, 0.2)])] * 3
+    run = {"seconds": 4.0, "steps": steps, "forwards": [f[0][0] for _, f in steps]}
+    out = generation._summary(run, {refresh: 0.3, a: 0.05, b: 0.1}, block=16)
+    assert out["n_steps"] == 6 and out["step_ceiling"] == pytest.approx(3 * 0.05 + 3 * 0.1)
+    assert out["step_forward"] == pytest.approx(3 * 0.1 + 3 * 0.2) and out["step"] == pytest.approx(3 * 0.2 + 3 * 0.3)
+    assert out["step_forward_sum"] == pytest.approx(1.2 + 0.6) and out["step_sum"] == pytest.approx(2.4 + 0.9)
+
+
 def test_bench_shape_with_int8_times_int8_against_float_generations(tmp_path):
     out = tmp_path / "shape.json"
     assert main(["bench", "--shape", "llada-tiny", "--random-weights", "--repeats", "1", "--prompt-length", "8",

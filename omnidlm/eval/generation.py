@@ -14,7 +14,8 @@ repeat, alternating with the generation, and multiplied by its count. Rows (docs
   ceiling, ceiling / time;
 - `step approx` / `step exact`: the engine's steps whose forward computes one block only (the
   cached block step; the refreshes and the exact cache's [finished | next] block forwards are in the
-  generation rows), each step timed whole (forward, sampler, commit) and its forward alone.
+  generation rows), each step timed whole (forward, sampler, commit) and its forward alone; per
+  forward shape the median step (as each ceiling is a median), and beside it every step summed.
 
 "approx" runs the model's own LLaDA "full" layout, "exact" the "block" layout on the same weights
 (SamplingConfig.attention), both from the same prompt.
@@ -23,7 +24,7 @@ repeat, alternating with the generation, and multiplied by its count. Rows (docs
 from __future__ import annotations
 
 import statistics
-from collections import Counter
+from collections import Counter, defaultdict
 
 import torch
 
@@ -109,18 +110,21 @@ def _ceilings(model, shapes, rounds: int = 3) -> dict[Shape, float]:
 
 
 def _summary(run: dict, ceil: dict[Shape, float], block: int) -> dict:
-    """One repeat -> generation and block-step sums (seconds)."""
+    """One repeat -> the generation's sums and the block steps' (seconds). A block step's time
+    and its forward's are, per shape, the median over that shape's steps times their count, as
+    each ceiling is a median: a step that another process slowed counts in neither (the sums of
+    every step, `step_sum` and `step_forward_sum`, are kept beside them)."""
     counts = Counter(run["forwards"])
-    gen_ceiling = sum(n * ceil[s] for s, n in counts.items())
-    step_s = fwd_s = step_ceiling = 0.0
-    n_steps = 0
+    by_shape = defaultdict(list)  # the block steps' (step seconds, forward seconds), per forward shape
     for seconds, forwards in run["steps"]:
         if len(forwards) == 1 and forwards[0][0].cached and forwards[0][0].queries == block:
-            s, f = forwards[0]
-            step_s, fwd_s, step_ceiling, n_steps = step_s + seconds, fwd_s + f, step_ceiling + ceil[s], n_steps + 1
-    return {"seconds": run["seconds"], "ceiling": gen_ceiling, "step": step_s, "step_forward": fwd_s,
-            "step_ceiling": step_ceiling, "n_steps": n_steps, "forwards": len(run["forwards"]),
-            "shapes": len(counts)}
+            by_shape[forwards[0][0]].append((seconds, forwards[0][1]))
+    per_shape = lambda i: sum(len(t) * statistics.median(x[i] for x in t) for t in by_shape.values())  # noqa: E731
+    every = lambda i: sum(x[i] for t in by_shape.values() for x in t)  # noqa: E731
+    return {"seconds": run["seconds"], "ceiling": sum(n * ceil[s] for s, n in counts.items()),
+            "step": per_shape(0), "step_forward": per_shape(1), "step_sum": every(0), "step_forward_sum": every(1),
+            "step_ceiling": sum(len(t) * ceil[s] for s, t in by_shape.items()),
+            "n_steps": sum(len(t) for t in by_shape.values()), "forwards": len(run["forwards"]), "shapes": len(counts)}
 
 
 def _prompts(model, batch: int, prompt: int, seed: int = 1) -> list[list[int]]:
@@ -160,18 +164,19 @@ def _rows(reps: list[dict], cache: str, attention: str, batch: int) -> list[dict
         return [gen]
     step = {"name": f"step {cache}", **base, "forwards": n, "ms": 1e3 * med("step") / n,
             "forward_ms": 1e3 * med("step_forward") / n, "ceiling_ms": 1e3 * med("step_ceiling") / n,
-            "fraction": frac("step_ceiling", "step"), "forward_fraction": frac("step_ceiling", "step_forward")}
+            "fraction": frac("step_ceiling", "step"), "forward_fraction": frac("step_ceiling", "step_forward"),
+            "forward_sum_fraction": frac("step_ceiling", "step_forward_sum")}
     return [gen, step]
 
 
 def format_generation(rows: list[dict]) -> str:
-    lines = ["| run | batch | forwards | ms | forward ms | ceiling ms | ceiling / time | ceiling / forward |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| run | batch | forwards | ms | forward ms | ceiling ms | ceiling / time | ceiling / forward "
+             "| ceiling / forward, every step summed |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
-        fwd = f"{r['forward_ms']:.2f}" if "forward_ms" in r else ""
-        ff = f"{r['forward_fraction']:.2f}" if "forward_fraction" in r else ""
+        fwd, ff, fs = (f"{r[k]:.2f}" if k in r else "" for k in ("forward_ms", "forward_fraction", "forward_sum_fraction"))
         lines.append(f"| {r['name']} | {r['batch']} | {r['forwards']} | {r['ms']:.2f} | {fwd} | "
-                     f"{r['ceiling_ms']:.2f} | {r['fraction']:.2f} | {ff} |")
+                     f"{r['ceiling_ms']:.2f} | {r['fraction']:.2f} | {ff} | {fs} |")
     return "\n".join(lines)
 
 
