@@ -125,3 +125,22 @@ def test_a_bucket_step_reads_nothing_back_to_the_host(text_tiny, llada2_tiny, mo
             _run(llada2_tiny, cfg, graphs=True, prompts=[list(range(1, 12))])
     finally:
         torch._dynamo.reset()
+
+
+def test_bucket_steps_after_a_multimodal_prefix():
+    """LLaDA-o's image questions (ViT prefixes prefilled eagerly, block steps at bucket shapes after
+    them): the answers of the unpadded engine, for five questions through four rows."""
+    from omnidlm.data.digits import digit_images
+    from omnidlm.sampling import omni as O
+
+    loaded = systems.open("models/lladao-digits")
+    model, tok = loaded.model, loaded.tokenizer
+    images = list(digit_images("heldout", 32)[0][:5])
+    questions = ["Describe the image.", "What digit is shown?", "What is the digit plus 2?",
+                 "What digit is shown?", "Describe the image."]
+    answers = {}
+    for graphs in (False, True):
+        engine = BatchEngine(model.language_model, O.understanding_config(model), max_batch=4, graphs=graphs)
+        with torch.no_grad():
+            answers[graphs] = [r.tokens for r in engine.run(O.understanding_requests(model, tok, images, questions))]
+    assert answers[True] == answers[False] and all(answers[False])
