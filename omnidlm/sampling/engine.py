@@ -327,14 +327,15 @@ class BatchEngine:
         plan = dict(zip(names, cols.to(self.tokens.device, non_blocking=True).unbind(1)))
         plan["n_queries"] = max(r[1] - r[0] for r in table)
         plan["width"] = max(r[2] for r in table)
-        # (compiled: always the scatter and a mask, so that one graph serves every step)
-        unpadded = all(r[1] - r[0] == plan["n_queries"] for r in table) and not self.compiled
-        # no row padded: every row writes the contiguous slots [a - shift, e - shift) (cache.begin)
-        plan["starts"] = [r[0] - r[8] for r in table] if unpadded else None
-        # every query sees every key of slots [0, width), decided on the host (no device read): no
-        # padded query, every row's slots filled up to the width (a row's slots are always filled
-        # from 0 up to its `seen`), and with "block" attention only the current block queried
-        plan["dense"] = unpadded and all(r[2] == plan["width"] for r in table) and (
+        # the fast paths, for no padded row (compiled: always the scatter and a mask, so that one
+        # graph serves every step)
+        fast = all(r[1] - r[0] == plan["n_queries"] for r in table) and not self.compiled
+        # every row writes the contiguous slots [a - shift, e - shift) (cache.begin)
+        plan["starts"] = [r[0] - r[8] for r in table] if fast else None
+        # every query sees every key of slots [0, width), decided on the host (no device read):
+        # every row's slots filled up to the width (a row's slots are always filled from 0 up to
+        # its `seen`), and with "block" attention only the current block queried
+        plan["dense"] = fast and all(r[2] == plan["width"] for r in table) and (
             cfg.attention == "full" or all(r[0] == r[3] for r in table))
         return plan
 
@@ -386,7 +387,7 @@ class BatchEngine:
         if bucket is None:
             return self._cached(tokens, slots, q_pos, valid, rope, plan["length"], logits_at,
                                 width=plan["width"], first=first, starts=plan["starts"], dense=plan["dense"])
-        step = functools.partial(self._cached, width=plan["width"])  # always a mask: no host read inside
+        step = functools.partial(self._cached, width=plan["width"], dense=plan["dense"])  # fit: always a mask
         return self.graphs.run(bucket, step, tokens, slots, q_pos, valid, rope, plan["length"], logits_at)[:n]
 
     def _cached(self, tokens, slots, q_pos, valid, rope, lengths, logits_at, width: int, first: int = 0,
