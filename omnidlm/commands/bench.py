@@ -191,29 +191,23 @@ def run_shape(args) -> int:
                               args.block_length, args.repeats, log)
         print(format_kinds(result))
         out.update(result)
-        gen = [row for b in args.batch_sizes
-               for row in bench_generation(model, b, args.prompt_length, args.gen_length, args.block_length,
-                                           args.steps, max(1, args.repeats // 2), log)]
-        print(f"\nwhole generations ({args.steps} steps per block, fixed steps, no EOS stop):")
-        print(format_generation(gen))
-        out["generation"] = gen
+        sections = [("generation", f"whole generations ({args.steps} steps per block, fixed steps, no EOS stop):",
+                     bench_generation, format_generation, (model,))]
         if args.graphs:
-            g = [row for b in args.batch_sizes
-                 for row in bench_graphs(model, b, args.prompt_length, args.gen_length, args.block_length,
-                                         args.steps, max(1, args.repeats // 2), log)]
-            print("\nblock steps at bucket shapes (graphs=True) against eager, whole generations:")
-            print(format_graphs(g))
-            out["graphs"] = g
+            sections.append(("graphs", "block steps at bucket shapes (graphs=True) against eager, whole generations:",
+                             bench_graphs, format_graphs, (model,)))
         if args.quantize == "int8":
             from ..nn.quantize import quantize_int8
 
-            int8 = quantize_int8(model)
-            q = [row for b in args.batch_sizes
-                 for row in bench_int8(model, int8, b, args.prompt_length, args.gen_length, args.block_length,
-                                       args.steps, max(1, args.repeats // 2), log)]
-            print("\nweight-only int8 against float, whole generations:")
-            print(format_int8(q))
-            out["int8"] = q
+            sections.append(("int8", "weight-only int8 against float, whole generations:", bench_int8, format_int8,
+                             (model, quantize_int8(model))))
+        for key, title, bench, table, models in sections:
+            rows = [row for b in args.batch_sizes
+                    for row in bench(*models, b, args.prompt_length, args.gen_length, args.block_length,
+                                     args.steps, max(1, args.repeats // 2), log)]
+            print(f"\n{title}")
+            print(table(rows))
+            out[key] = rows
     if args.json:
         write_json(args.json, out)
     return 0

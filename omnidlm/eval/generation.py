@@ -117,7 +117,7 @@ def _summary(run: dict, ceil: dict[Shape, float], block: int) -> dict:
     counts = Counter(run["forwards"])
     by_shape = defaultdict(list)  # the block steps' (step seconds, forward seconds), per forward shape
     for seconds, forwards in run["steps"]:
-        if len(forwards) == 1 and forwards[0][0].cached and forwards[0][0].queries == block:
+        if _is_block_step(forwards, block):
             by_shape[forwards[0][0]].append((seconds, forwards[0][1]))
     per_shape = lambda i: sum(len(t) * statistics.median(x[i] for x in t) for t in by_shape.values())  # noqa: E731
     every = lambda i: sum(x[i] for t in by_shape.values() for x in t)  # noqa: E731
@@ -125,6 +125,11 @@ def _summary(run: dict, ceil: dict[Shape, float], block: int) -> dict:
             "step": per_shape(0), "step_forward": per_shape(1), "step_sum": every(0), "step_forward_sum": every(1),
             "step_ceiling": sum(len(t) * ceil[s] for s, t in by_shape.items()),
             "n_steps": sum(len(t) for t in by_shape.values()), "forwards": len(run["forwards"]), "shapes": len(counts)}
+
+
+def _is_block_step(forwards: list, block: int) -> bool:
+    """Whether a step's logged forwards are one cached forward of one block (the block step)."""
+    return len(forwards) == 1 and forwards[0][0].cached and forwards[0][0].queries == block
 
 
 def _prompts(model, batch: int, prompt: int, seed: int = 1) -> list[list[int]]:
@@ -193,6 +198,11 @@ def _side_by_side(variants: dict, prompts, cache: str, attention: str, answer: i
     return {name: r[1:] for name, r in runs.items()}
 
 
+def _median_ms(runs: dict[str, list[dict]]) -> dict[str, float]:
+    """{name: its timed generations} -> {name: the median generation's milliseconds}."""
+    return {name: 1e3 * statistics.median(r["seconds"] for r in v) for name, v in runs.items()}
+
+
 def _agreement(a: list[list[int]], b: list[list[int]]) -> float:
     pairs = [(x, y) for ra, rb in zip(a, b) for x, y in zip(ra, rb)]
     return sum(x == y for x, y in pairs) / max(1, len(pairs))
@@ -210,7 +220,7 @@ def bench_int8(model, int8, batch: int = 1, prompt: int = 64, answer: int = 256,
             progress(f"int8 against float, {cache} ({attention} attention), batch {batch}")
         runs = _side_by_side({"float": (model, {}), "int8": (int8, {})}, prompts, cache, attention, answer, block,
                              steps, repeats)
-        ms = {k: 1e3 * statistics.median(r["seconds"] for r in v) for k, v in runs.items()}
+        ms = _median_ms(runs)
         tokens = batch * answer
         rows.append({"name": f"int8 {cache}", "cache": cache, "attention": attention, "batch": batch,
                      "ms": ms["int8"], "float_ms": ms["float"], "tokens_per_s": tokens / ms["int8"] * 1e3,
@@ -244,9 +254,8 @@ def bench_graphs(model, batch: int = 1, prompt: int = 64, answer: int = 256, blo
         runs = _side_by_side({"eager": (model, {}), "graphs": (model, options)}, prompts, cache, attention, answer,
                              block, steps, repeats)
         eager_steps = runs["eager"][0]["steps"]
-        blocks = [i for i, (_, fwds) in enumerate(eager_steps) if len(fwds) == 1 and fwds[0][0].cached
-                  and fwds[0][0].queries == block]
-        ms = {k: 1e3 * statistics.median(r["seconds"] for r in v) for k, v in runs.items()}
+        blocks = [i for i, (_, forwards) in enumerate(eager_steps) if _is_block_step(forwards, block)]
+        ms = _median_ms(runs)
         step = {k: 1e3 * statistics.median(statistics.median(r["steps"][i][0] for i in blocks) for r in v)
                 for k, v in runs.items()} if blocks else {"eager": float("nan"), "graphs": float("nan")}
         rows.append({"name": f"graphs {cache}", "cache": cache, "attention": attention, "batch": batch,
